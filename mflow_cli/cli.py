@@ -1,0 +1,192 @@
+"""The ``mflow`` command: parses arguments, prints with rich, and calls :mod:`mflow_cli.runs`.
+
+Bad input (recipe, file, option) ends with a one-line ``error: ...`` on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from . import __version__
+from .errors import MflowError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Normalizing flows on data manifolds: train, sample, encode, evaluate, plot, bench.",
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from .kernels import backend_info
+
+        console.print(f"mflow {__version__} ({backend_info()})")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Show version and kernel path."
+    ),
+) -> None:
+    """mflow: normalizing flows on data manifolds."""
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+class _RichMonitor:
+    """Training progress: one bar per phase with the running loss and the epoch."""
+
+    def __init__(self, progress: Progress):
+        self.progress, self.task, self.count = progress, None, 0
+
+    def phase_start(self, phase, total_steps, done_steps):
+        self.task = self.progress.add_task(phase, total=total_steps, completed=done_steps, info="")
+        self.count = 0
+
+    def step(self, phase, epoch, logs):
+        self.count += 1
+        if self.count % 10 == 0:
+            info = f"epoch {epoch + 1}  " + "  ".join(f"{k} {v:.4g}" for k, v in logs.items())
+            self.progress.update(self.task, advance=10, info=info)
+
+    def epoch_end(self, record):
+        self.progress.update(self.task, completed=self.progress.tasks[self.task].completed + self.count % 10)
+        self.count -= self.count % 10
+
+
+@app.command()
+def train(
+    recipe: Path = typer.Argument(..., help="Recipe YAML file."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe key: section.key=value (repeatable)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default: runs/<recipe name>)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's checkpoint."),
+    force: bool = typer.Option(False, "--force", help="Start over in a folder that already holds a run."),
+) -> None:
+    """Train a model; writes model.pt, checkpoint.pt, metrics.jsonl and recipe.yaml into the run folder."""
+    from .recipe import load_recipe
+    from .runs import train_run
+
+    spec = load_recipe(recipe, set_)
+    out_dir = out or Path("runs") / spec.name
+    console.print(f"[bold]mflow train[/] {spec.name}: {spec.model['kind']} on {spec.data['name']} -> {out_dir}")
+    with _progress() as progress:
+        train_run(spec, out_dir, resume=resume, force=force, monitor=_RichMonitor(progress))
+    console.print(f"saved {out_dir / 'model.pt'}")
+
+
+@app.command()
+def sample(
+    run_dir: Path = typer.Argument(..., help="Run folder written by mflow train."),
+    n: int = typer.Option(..., "-n", help="Number of samples."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output HDF5 file (dataset 'samples')."),
+    batch_size: int = typer.Option(10000, "--batch-size", help="Samples drawn per batch."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
+) -> None:
+    """Draw samples from a trained model into an HDF5 file."""
+    from .runs import sample_to_h5
+
+    with _progress() as progress:
+        task = progress.add_task("sample", total=n, info="")
+        sample_to_h5(run_dir, n, out, batch_size=batch_size, seed=seed, force=force,
+                     progress=lambda k: progress.advance(task, k))
+    console.print(f"wrote {n} samples to {out}")
+
+
+@app.command()
+def encode(
+    run_dir: Path = typer.Argument(..., help="Run folder written by mflow train."),
+    inp: Path = typer.Argument(..., metavar="INPUT.h5", help="HDF5 file with an (N, D) float dataset."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output HDF5 file (datasets 'latents', 'log_prob')."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset name in INPUT.h5 (default: its only one)."),
+    batch_size: int = typer.Option(1000, "--batch-size", help="Rows encoded per batch."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
+) -> None:
+    """Encode data into latents (and log densities where the model has them)."""
+    from .runs import encode_h5
+
+    with _progress() as progress:
+        task = progress.add_task("encode", total=None, info="")
+        encode_h5(run_dir, inp, out, dataset=dataset, batch_size=batch_size, force=force,
+                  progress=lambda k: progress.advance(task, k))
+    console.print(f"wrote {out}")
+
+
+@app.command()
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="Run folder written by mflow train."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Metrics JSON (default: RUN_DIR/evaluation.json)."),
+) -> None:
+    """Compute test metrics (log-likelihood, reconstruction, KL to a known density, ...)."""
+    from .runs import evaluate_run
+
+    with console.status("evaluating"):
+        metrics = evaluate_run(run_dir, out)
+    table = Table(title=f"evaluation of {run_dir}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        table.add_row(key, f"{value:.6g}" if isinstance(value, float) else str(value))
+    console.print(table)
+    console.print(f"wrote {out or Path(run_dir) / 'evaluation.json'}")
+
+
+@app.command()
+def plot(run_dir: Path = typer.Argument(..., help="Run folder written by mflow train.")) -> None:
+    """Draw PNG figures (training curves, samples over data, densities) into RUN_DIR/plots."""
+    from .runs import plot_run
+
+    with console.status("plotting"):
+        paths = plot_run(run_dir)
+    for path in paths:
+        console.print(f"wrote {path}")
+
+
+def run() -> None:
+    """Console-script entry point: turn :class:`MflowError` into one line and its exit code."""
+    warnings.filterwarnings("ignore", module="nflows")
+    warnings.filterwarnings("ignore", message=".*triangular_solve is deprecated.*")
+    try:
+        app(standalone_mode=False)
+    except MflowError as err:
+        err_console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
+        sys.exit(err.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+    except Exception as exc:  # click's usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        raise

@@ -1,0 +1,105 @@
+"""Build the flows of the manifold-flow papers from nflows transforms.
+
+Each layer is ``[permutation or LU-linear] -> coupling``, closed by a final linear layer, as in the
+M-flow/DNF code (outer: ``rq-coupling`` with ``lu``; inner: ``affine-autoregressive``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from nflows import transforms as T
+from nflows.nn.nets import ResidualNet
+from nflows.utils import create_alternating_binary_mask
+
+LinearKind = Literal["lu", "permutation"]
+InnerKind = Literal["affine-autoregressive", "rq-coupling", "affine-coupling"]
+
+
+def _linear(features: int, kind: LinearKind) -> T.Transform:
+    if features == 1:
+        return T.IdentityTransform()
+    if kind == "lu":
+        return T.CompositeTransform([T.RandomPermutation(features), T.LULinear(features, identity_init=True)])
+    return T.RandomPermutation(features)
+
+
+def _net_factory(hidden_features: int, num_blocks: int, dropout: float):
+    def create(in_features: int, out_features: int) -> ResidualNet:
+        return ResidualNet(
+            in_features, out_features, hidden_features=hidden_features, num_blocks=num_blocks,
+            dropout_probability=dropout,
+        )
+
+    return create
+
+
+def coupling_flow(
+    features: int,
+    layers: int,
+    *,
+    kind: Literal["rq-coupling", "affine-coupling"] = "rq-coupling",
+    linear: LinearKind = "lu",
+    num_bins: int = 5,
+    tail_bound: float = 3.0,
+    hidden_features: int = 100,
+    num_blocks: int = 2,
+    dropout: float = 0.0,
+) -> T.Transform:
+    """``layers`` coupling steps on ``features`` dims, each preceded by a permutation/LU layer."""
+    if features < 2:
+        raise ValueError("a coupling flow needs at least 2 features")
+    net = _net_factory(hidden_features, num_blocks, dropout)
+    steps: list[T.Transform] = []
+    for i in range(layers):
+        mask = create_alternating_binary_mask(features, even=(i % 2 == 0))
+        steps.append(_linear(features, linear))
+        if kind == "rq-coupling":
+            steps.append(
+                T.PiecewiseRationalQuadraticCouplingTransform(
+                    mask=mask, transform_net_create_fn=net, num_bins=num_bins, tails="linear",
+                    tail_bound=tail_bound,
+                )
+            )
+        else:
+            steps.append(T.AffineCouplingTransform(mask=mask, transform_net_create_fn=net))
+    steps.append(_linear(features, linear))
+    return T.CompositeTransform(steps)
+
+
+def inner_flow(
+    features: int,
+    layers: int,
+    *,
+    kind: InnerKind = "affine-autoregressive",
+    linear: LinearKind = "lu",
+    num_bins: int = 5,
+    tail_bound: float = 3.0,
+    hidden_features: int = 100,
+    num_blocks: int = 2,
+    dropout: float = 0.0,
+) -> T.Transform:
+    """The density flow on the latent manifold coordinates (any ``features`` >= 1)."""
+    if kind != "affine-autoregressive" and features >= 2:
+        return coupling_flow(
+            features, layers, kind=kind, linear=linear, num_bins=num_bins, tail_bound=tail_bound,
+            hidden_features=hidden_features, num_blocks=num_blocks, dropout=dropout,
+        )
+    steps: list[T.Transform] = []
+    for _ in range(layers):
+        steps.append(_linear(features, linear))
+        if kind == "rq-coupling":  # one feature: an unconditional monotone spline
+            steps.append(
+                T.MaskedPiecewiseRationalQuadraticAutoregressiveTransform(
+                    features, hidden_features, num_bins=num_bins, tails="linear", tail_bound=tail_bound,
+                    num_blocks=num_blocks, dropout_probability=dropout,
+                )
+            )
+        else:
+            steps.append(
+                T.MaskedAffineAutoregressiveTransform(
+                    features, hidden_features, num_blocks=num_blocks, dropout_probability=dropout
+                )
+            )
+    steps.append(_linear(features, linear))
+    return T.CompositeTransform(steps)

@@ -1,0 +1,3 @@
+"""Evaluators, one per model family, registered in :data:`mflow_cli.registry.EVALUATORS`."""
+
+from . import manifold  # noqa: F401

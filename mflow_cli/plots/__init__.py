@@ -1,0 +1,3 @@
+"""Plotters, one per model family, registered in :data:`mflow_cli.registry.PLOTTERS`."""
+
+from . import manifold  # noqa: F401

@@ -1,0 +1,65 @@
+"""Figures for manifold flows: training curves, samples over data, densities on grids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..datasets.base import Dataset, Simulator
+from ..metrics.manifold import ambient_grid, ambient_log_prob, manifold_log_prob
+from ..registry import PLOTTERS
+from .common import pyplot, save, training_curves
+
+
+@PLOTTERS.register("manifold")
+def plot_manifold(
+    model,
+    dataset: Dataset,
+    records: list[dict],
+    out_dir: Path,
+    n_samples: int = 2000,
+    grid_size: int = 200,
+    grid_limit: float = 4.0,
+    seed: int = 0,
+) -> list[Path]:
+    plt = pyplot()
+    paths = [training_curves(records, out_dir / "training_curves.png")]
+    torch.manual_seed(seed)
+    test = dataset.test_data().reshape(len(dataset.test_data()), -1)
+    with torch.no_grad():
+        samples = model.sample(n_samples).reshape(n_samples, -1).cpu()
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(test[:, 0], test[:, 1], s=3, alpha=0.4, label="test data")
+    ax.scatter(samples[:, 0], samples[:, 1], s=3, alpha=0.4, label="model samples")
+    ax.set_aspect("equal")
+    ax.legend(loc="upper right")
+    ax.set_title("samples over data" + ("" if test.shape[1] == 2 else " (first two dims)"))
+    paths.append(save(fig, out_dir / "samples.png"))
+
+    if test.shape[1] == 2:
+        grid = ambient_grid(grid_limit, grid_size)
+        ambient = getattr(model, "schedule", None) == "joint"
+        log_p = ambient_log_prob(model, grid, 4096) if ambient else manifold_log_prob(model, grid, 4096)[0]
+        fig, ax = plt.subplots(figsize=(5.5, 5))
+        img = ax.imshow(
+            log_p.reshape(grid_size, grid_size).clamp(min=-20).numpy(), origin="lower", cmap="viridis",
+            extent=(-grid_limit, grid_limit, -grid_limit, grid_limit),
+        )
+        fig.colorbar(img, ax=ax, label="log density")
+        ax.set_title("learned log density (" + ("ambient, inflated" if ambient else "on manifold, at projection") + ")")
+        paths.append(save(fig, out_dir / "density_grid.png"))
+
+    if isinstance(dataset, Simulator) and dataset.manifold_dim == 1:
+        x, log_true, weights = dataset.manifold_grid(2000)
+        log_q, _ = manifold_log_prob(model, x.float(), 4096)
+        arc = torch.cumsum(weights, 0)
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        ax.plot(arc, log_true.exp(), label="true", lw=2)
+        ax.plot(arc, log_q.exp(), label="model", lw=1.5, ls="--")
+        ax.set_xlabel("arc length along the true manifold")
+        ax.set_ylabel("density on the manifold")
+        ax.legend()
+        paths.append(save(fig, out_dir / "density_on_manifold.png"))
+    return [p for p in paths if p is not None]

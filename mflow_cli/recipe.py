@@ -1,0 +1,310 @@
+"""Recipes: YAML documents whose sections map one-to-one onto constructor arguments.
+
+A recipe has top-level keys ``name``, ``seed``, ``device``, ``threads`` and the sections
+
+- ``data``: ``name`` picks a registered dataset; the other keys are its constructor's arguments;
+- ``model``: ``kind`` picks a registered model; the other keys are its constructor's arguments;
+- ``train``: the fields of :class:`mflow_cli.training.TrainConfig`;
+- ``evaluate`` / ``plot``: keyword arguments of the model family's evaluator / plotter.
+
+Validation reads each target's signature and type hints, so the schema cannot drift from the code:
+an unknown key, a wrong type, a missing required key or a missing file is a :class:`MflowError`
+naming the key and the recipe file. Nothing is built until the whole recipe is valid.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import os
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from .errors import MflowError
+
+TOP_LEVEL = ("name", "seed", "device", "threads", "data", "model", "train", "evaluate", "plot")
+SECTIONS = ("data", "model", "train", "evaluate", "plot")
+# Arguments the library passes itself; a recipe may not set them.
+INJECTED = ("self", "data_shape", "model", "dataset", "records", "run_dir", "out_dir")
+
+
+class ExistingPath(str):
+    """Type hint for a constructor argument that names a file or folder that must exist."""
+
+
+@dataclass
+class Recipe:
+    """A validated recipe with every default filled in."""
+
+    name: str
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    data: dict = field(default_factory=dict)
+    model: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+    evaluate: dict = field(default_factory=dict)
+    plot: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {k: copy.deepcopy(getattr(self, k)) for k in TOP_LEVEL}
+
+
+# --------------------------------------------------------------------------- type checking
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    if isinstance(tp, type):
+        return "path to an existing file" if tp is ExistingPath else tp.__name__
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if origin in (list, tuple):
+        return f"list of {_type_name(args[0])}" if args else "list"
+    if origin is dict:
+        return f"mapping of {_type_name(args[1])}" if args else "mapping"
+    return str(tp)
+
+
+def _check(value: Any, tp: Any) -> tuple[bool, Any]:
+    """Return (ok, converted value) for ``value`` against the type hint ``tp``."""
+    if tp is Any or tp is inspect.Parameter.empty:
+        return True, value
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is Literal:
+        return value in args and type(value) in {type(a) for a in args}, value
+    if origin in (Union, types.UnionType):
+        for arg in args:
+            ok, conv = _check(value, arg)
+            if ok:
+                return True, conv
+        return False, value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        item = args[0] if args else Any
+        out = []
+        for v in value:
+            ok, conv = _check(v, item)
+            if not ok:
+                return False, value
+            out.append(conv)
+        return True, out
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            return False, value
+        item = args[1] if args else Any
+        out = {}
+        for k, v in value.items():
+            ok, conv = _check(v, item)
+            if not ok:
+                return False, value
+            out[k] = conv
+        return True, out
+    if tp is type(None):
+        return value is None, value
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        return False, value
+    if tp is ExistingPath:
+        return isinstance(value, str), value
+    if tp is str:
+        return isinstance(value, str), value
+    if isinstance(tp, type):
+        return isinstance(value, tp), value
+    return True, value
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def validate_kwargs(target: Callable, values: dict, section: str, source: str) -> dict:
+    """Check ``values`` against ``target``'s signature; return them with defaults filled in."""
+    params = {
+        name: p
+        for name, p in inspect.signature(target).parameters.items()
+        if name not in INJECTED and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+    init = target.__init__ if inspect.isclass(target) else target
+    hints = typing.get_type_hints(init)
+    for key in values:
+        if key not in params:
+            expected = ", ".join(params) or "no keys"
+            raise MflowError(f"{source}: unknown key '{section}.{key}' (expected one of: {expected})")
+    resolved = {}
+    for name, p in params.items():
+        if name not in values:
+            if p.default is inspect.Parameter.empty:
+                raise MflowError(f"{source}: missing required key '{section}.{name}'")
+            resolved[name] = copy.deepcopy(p.default)
+            continue
+        tp = hints.get(name, Any)
+        ok, value = _check(values[name], tp)
+        if not ok:
+            raise MflowError(
+                f"{source}: '{section}.{name}' must be {_type_name(tp)}, got {_short(values[name])}"
+            )
+        if isinstance(value, str) and _mentions(tp, ExistingPath) and not os.path.exists(
+            os.path.expanduser(value)
+        ):
+            raise MflowError(f"{source}: '{section}.{name}': file not found: {value}")
+        resolved[name] = value
+    return resolved
+
+
+def _mentions(tp: Any, target: type) -> bool:
+    return tp is target or any(_mentions(a, target) for a in typing.get_args(tp))
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def parse_overrides(pairs: list[str]) -> list[tuple[str, Any]]:
+    """Parse ``key=value`` strings; values are YAML scalars (``1e-3`` is read as a float)."""
+    out = []
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise MflowError(f"--set {pair!r}: expected key=value, e.g. --set train.epochs=5")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        out.append((key.strip(), value))
+    return out
+
+
+def apply_overrides(doc: dict, overrides: list[tuple[str, Any]]) -> dict:
+    """Set dotted keys in ``doc``. A key without a section (``epochs``) is looked up in the sections."""
+    doc = copy.deepcopy(doc)
+    for key, value in overrides:
+        parts = key.split(".")
+        if len(parts) == 1 and parts[0] not in TOP_LEVEL:
+            owners = [s for s in SECTIONS if isinstance(doc.get(s), dict) and parts[0] in doc[s]]
+            if len(owners) != 1:
+                where = " or ".join(f"{s}.{parts[0]}" for s in owners) or "no section"
+                raise MflowError(f"--set {key}: ambiguous or unknown key ({where}); write section.key")
+            parts = [owners[0], parts[0]]
+        node = doc
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise MflowError(f"--set {key}: '{part}' is not a section")
+            node = child
+        node[parts[-1]] = value
+    return doc
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise MflowError(f"recipe file not found: {path}")
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or "invalid YAML"
+        raise MflowError(f"{path}: {problem}{line}") from None
+    except UnicodeDecodeError:
+        raise MflowError(f"{path}: not a text file") from None
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise MflowError(f"{path}: a recipe must be a mapping of sections, got {type(doc).__name__}")
+    return doc
+
+
+def validate(doc: Any, source: str, default_name: str = "run") -> Recipe:
+    """Validate a recipe document (already parsed) and return it with all defaults filled in."""
+    from . import datasets, metrics, models, plots  # noqa: F401  (registers everything)
+    from .registry import DATASETS, EVALUATORS, MODELS, PLOTTERS
+    from .training import TrainConfig
+
+    if not isinstance(doc, dict):
+        raise MflowError(f"{source}: a recipe must be a mapping of sections")
+    for key in doc:
+        if key not in TOP_LEVEL:
+            raise MflowError(
+                f"{source}: unknown top-level key {_short(key)} (expected one of: {', '.join(TOP_LEVEL)})"
+            )
+    for section in SECTIONS:
+        value = doc.get(section, {})
+        if value is None:
+            value = {}
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise MflowError(f"{source}: section '{section}' must be a mapping of keys")
+    top = {
+        "name": (str, doc.get("name", default_name)),
+        "seed": (int, doc.get("seed", 0)),
+        "device": (Literal["auto", "cpu", "cuda"], doc.get("device", "auto")),
+        "threads": (int | None, doc.get("threads")),
+    }
+    for key, (tp, value) in top.items():
+        ok, _ = _check(value, tp)
+        if not ok:
+            raise MflowError(f"{source}: '{key}' must be {_type_name(tp)}, got {_short(value)}")
+    if top["threads"][1] is not None and top["threads"][1] < 1:
+        raise MflowError(f"{source}: 'threads' must be at least 1")
+
+    data = dict(doc.get("data") or {})
+    model = dict(doc.get("model") or {})
+    for section, key, reg in (("data", "name", DATASETS), ("model", "kind", MODELS)):
+        value = (data if section == "data" else model).get(key)
+        if not isinstance(value, str):
+            raise MflowError(f"{source}: '{section}.{key}' must name one of: {', '.join(reg.names())}")
+    data_name = data.pop("name")
+    model_kind = model.pop("kind")
+    dataset_cls = DATASETS.get(data_name, f"{source}: data.name")
+    model_cls = MODELS.get(model_kind, f"{source}: model.kind")
+
+    recipe = Recipe(
+        name=top["name"][1],
+        seed=top["seed"][1],
+        device=top["device"][1],
+        threads=top["threads"][1],
+        data={"name": data_name, **validate_kwargs(dataset_cls, data, "data", source)},
+        model={"kind": model_kind, **validate_kwargs(model_cls, model, "model", source)},
+        train=validate_kwargs(TrainConfig, dict(doc.get("train") or {}), "train", source),
+        evaluate=validate_kwargs(
+            EVALUATORS.get(model_cls.family), dict(doc.get("evaluate") or {}), "evaluate", source
+        ),
+        plot=validate_kwargs(PLOTTERS.get(model_cls.family), dict(doc.get("plot") or {}), "plot", source),
+    )
+    TrainConfig(**recipe.train).check(model_cls.phase_names(**_without(recipe.model, "kind")), source)
+    return recipe
+
+
+def _without(d: dict, key: str) -> dict:
+    return {k: v for k, v in d.items() if k != key}
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override (``--set``) and validate a recipe file."""
+    doc = read_yaml(path)
+    doc = apply_overrides(doc, parse_overrides(overrides or []))
+    return validate(doc, str(path), default_name=Path(path).stem)

@@ -1,0 +1,249 @@
+"""Runs: a folder holding one trained model and what was made from it.
+
+``RUN_DIR/model.pt`` (final weights + resolved recipe + data shape + versions), ``checkpoint.pt``
+(resume state), ``metrics.jsonl`` (one record per epoch), ``recipe.yaml`` (resolved), and the outputs
+of evaluate/plot. This module joins recipes, datasets, models and I/O; the CLI only calls it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import io
+from .datasets.base import Dataset
+from .errors import MflowError
+from .models.base import Model
+from .recipe import Recipe, validate
+from .registry import DATASETS, EVALUATORS, MODELS, PLOTTERS
+from .training import TrainConfig, TrainingMonitor, train
+
+MODEL_FILE = "model.pt"
+CHECKPOINT_FILE = "checkpoint.pt"
+METRICS_FILE = "metrics.jsonl"
+RECIPE_FILE = "recipe.yaml"
+
+
+def build_dataset(recipe: Recipe) -> Dataset:
+    kwargs = {k: v for k, v in recipe.data.items() if k != "name"}
+    return DATASETS.get(recipe.data["name"])(**kwargs)
+
+
+def build_model(recipe: Recipe, data_shape: tuple[int, ...]) -> Model:
+    kwargs = {k: v for k, v in recipe.model.items() if k != "kind"}
+    return MODELS.get(recipe.model["kind"])(data_shape=tuple(data_shape), **kwargs)
+
+
+def pick_device(recipe: Recipe) -> torch.device:
+    if recipe.device == "cuda" and not torch.cuda.is_available():
+        raise MflowError("recipe asks for device 'cuda' but no CUDA device is available")
+    if recipe.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(recipe.device)
+
+
+def set_threads(recipe: Recipe, data_shape: tuple[int, ...]) -> None:
+    """Tiny 2-D/3-D models run faster on one thread here; bigger ones use every core."""
+    if recipe.threads is not None:
+        n = recipe.threads
+    else:
+        n = 1 if torch.Size(data_shape).numel() <= 16 else (os.cpu_count() or 1)
+    torch.set_num_threads(n)
+
+
+class _RunMonitor(TrainingMonitor):
+    """Appends each epoch record to metrics.jsonl, then forwards every hook to the caller's monitor."""
+
+    def __init__(self, metrics_path: Path, inner: TrainingMonitor | None):
+        self.metrics_path, self.inner = metrics_path, inner or TrainingMonitor()
+
+    def phase_start(self, phase, total_steps, done_steps):
+        self.inner.phase_start(phase, total_steps, done_steps)
+
+    def step(self, phase, epoch, logs):
+        self.inner.step(phase, epoch, logs)
+
+    def epoch_end(self, record):
+        record = {**record, "time": time.time()}
+        io.append_jsonl(record, self.metrics_path)
+        self.inner.epoch_end(record)
+
+
+def _comparable(recipe: dict) -> dict:
+    """A recipe without the keys that may change on resume (the epoch budget)."""
+    out = {k: v for k, v in recipe.items()}
+    out["train"] = {k: v for k, v in recipe["train"].items() if k != "epochs"}
+    return out
+
+
+def train_run(
+    recipe: Recipe,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    monitor: TrainingMonitor | None = None,
+) -> Path:
+    """Train the recipe's model into ``out_dir``; with ``resume``, continue from its checkpoint."""
+    out_dir = Path(out_dir)
+    ckpt_path = out_dir / CHECKPOINT_FILE
+    resume_state = None
+    if resume:
+        if not ckpt_path.is_file():
+            raise MflowError(f"--resume: no checkpoint in {out_dir} (expected {ckpt_path})")
+        resume_state = io.load_torch(ckpt_path)
+        saved = resume_state.get("recipe")
+        if not isinstance(saved, dict) or _comparable(saved) != _comparable(recipe.to_dict()):
+            raise MflowError(f"--resume: the recipe differs from the one {out_dir} was trained with")
+        io.truncate_jsonl(out_dir / METRICS_FILE, resume_state["step"])
+    elif (out_dir / MODEL_FILE).exists() or ckpt_path.exists():
+        if not force:
+            raise MflowError(f"{out_dir} already holds a run; pass --resume to continue or --force to start over")
+        for name in (MODEL_FILE, CHECKPOINT_FILE, METRICS_FILE):
+            (out_dir / name).unlink(missing_ok=True)
+
+    dataset = build_dataset(recipe)
+    data = dataset.train_data()
+    shape = tuple(data.shape[1:])
+    set_threads(recipe, shape)
+    device = pick_device(recipe)
+    torch.manual_seed(recipe.seed)
+    model = build_model(recipe, shape).to(device)
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    io.write_yaml(recipe.to_dict(), out_dir / RECIPE_FILE)
+
+    def save_checkpoint(state: dict) -> None:
+        io.save_torch({**state, "recipe": recipe.to_dict(), "data_shape": list(shape)}, ckpt_path)
+
+    train(
+        model,
+        data.to(device),
+        TrainConfig(**recipe.train),
+        seed=recipe.seed,
+        resume_state=resume_state,
+        save_checkpoint=save_checkpoint,
+        monitor=_RunMonitor(out_dir / METRICS_FILE, monitor),
+        batch_transform=dataset.batch_transform,
+    )
+    save_model(model, recipe, shape, out_dir / MODEL_FILE)
+    return out_dir
+
+
+def save_model(model: Model, recipe: Recipe, data_shape: tuple[int, ...], path: Path) -> None:
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    io.save_torch(
+        {"state_dict": state, "recipe": recipe.to_dict(), "data_shape": list(data_shape), "versions": io.versions()},
+        path,
+    )
+
+
+def load_run(run_dir: str | Path, device: str | None = None) -> tuple[Recipe, Model]:
+    """Rebuild the trained model of a run folder (weights loaded with ``weights_only=True``)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise MflowError(f"run folder not found: {run_dir}")
+    path = run_dir / MODEL_FILE
+    if not path.is_file():
+        unfinished = (run_dir / CHECKPOINT_FILE).exists()
+        hint = " (training unfinished? resume it with mflow train --resume)" if unfinished else ""
+        raise MflowError(f"{run_dir}: no {MODEL_FILE}{hint}")
+    blob = io.load_torch(path)
+    for key in ("state_dict", "recipe", "data_shape"):
+        if key not in blob:
+            raise MflowError(f"{path}: not an mflow model file (no '{key}')")
+    recipe = validate(blob["recipe"], str(path))
+    shape = tuple(int(s) for s in blob["data_shape"])
+    set_threads(recipe, shape)
+    model = build_model(recipe, shape)
+    try:
+        model.load_state_dict(blob["state_dict"])
+    except RuntimeError as err:
+        raise MflowError(f"{path}: weights do not fit the model ({str(err).splitlines()[0][:100]})") from None
+    model.to(torch.device(device) if device else pick_device(recipe)).eval()
+    return recipe, model
+
+
+def _batches(n: int, batch_size: int):
+    for start in range(0, n, batch_size):
+        yield start, min(batch_size, n - start)
+
+
+def sample_to_h5(
+    run_dir: str | Path,
+    n: int,
+    out: str | Path,
+    *,
+    batch_size: int = 10000,
+    seed: int = 0,
+    force: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> Path:
+    """Draw ``n`` samples into HDF5 dataset ``samples`` (n, *data_shape), batch by batch."""
+    if n < 1 or batch_size < 1:
+        raise MflowError("-n and --batch-size must be at least 1")
+    io.refuse_overwrite(out, force)
+    recipe, model = load_run(run_dir)
+    torch.manual_seed(seed)
+    attrs = {"model": recipe.model["kind"], "recipe": recipe.name, "seed": seed, "mflow": io.versions()["mflow"]}
+    with io.H5Writer(out, {"samples": (n, *model.data_shape)}, attrs) as writer:
+        for start, size in _batches(n, batch_size):
+            writer.write(start, {"samples": model.sample(size)})
+            if progress:
+                progress(size)
+    return Path(out)
+
+
+def encode_h5(
+    run_dir: str | Path,
+    inp: str | Path,
+    out: str | Path,
+    *,
+    dataset: str | None = None,
+    batch_size: int = 1000,
+    force: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> Path:
+    """Encode every row of ``inp``'s dataset into ``latents`` (and ``log_prob`` where the model has it)."""
+    io.refuse_overwrite(out, force)
+    if batch_size < 1:
+        raise MflowError("--batch-size must be at least 1")
+    recipe, model = load_run(run_dir)
+    name, n = io.open_h5_input(inp, dataset, model.data_shape)
+    device = next(model.parameters()).device
+    probe = model.encode(torch.zeros(1, *model.data_shape, device=device))
+    shapes = {key: (n, *value.shape[1:]) for key, value in probe.items()}
+    attrs = {"model": recipe.model["kind"], "recipe": recipe.name, "input": str(inp), "dataset": name}
+    with io.H5Writer(out, shapes, attrs) as writer:
+        for start, batch in io.iter_h5_batches(inp, name, batch_size):
+            writer.write(start, model.encode(batch.to(device)))
+            if progress:
+                progress(len(batch))
+    return Path(out)
+
+
+def evaluate_run(run_dir: str | Path, out: str | Path | None = None) -> dict[str, Any]:
+    """Run the model family's evaluator with the recipe's ``evaluate`` options; write JSON."""
+    recipe, model = load_run(run_dir)
+    dataset = build_dataset(recipe)
+    evaluator = EVALUATORS.get(model.family)
+    metrics = evaluator(model, dataset, **recipe.evaluate)
+    io.write_json(metrics, out or Path(run_dir) / "evaluation.json")
+    return metrics
+
+
+def plot_run(run_dir: str | Path) -> list[Path]:
+    """Draw the family's figures into ``RUN_DIR/plots``; return their paths."""
+    recipe, model = load_run(run_dir)
+    dataset = build_dataset(recipe)
+    records = io.read_jsonl(Path(run_dir) / METRICS_FILE)
+    plotter = PLOTTERS.get(model.family)
+    out_dir = Path(run_dir) / "plots"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return plotter(model, dataset, records, out_dir, **recipe.plot)

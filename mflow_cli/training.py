@@ -1,0 +1,218 @@
+"""The training loop shared by every model family.
+
+A model says which phases it trains (``model.phases()``, e.g. ``["manifold", "density"]`` for M-flow's
+sequential schedule) and gives a loss per phase (``model.loss(x, phase)``). The loop is deterministic
+given the seed: each epoch's shuffle comes from its own generator, and the global RNG state (used for
+noise inflation) travels in the checkpoint, so a resumed run continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from .errors import MflowError
+
+
+@dataclass
+class TrainConfig:
+    """The recipe's ``train`` section."""
+
+    epochs: int | dict[str, int] = 50
+    batch_size: int = 100
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    grad_clip: float | None = 5.0
+    checkpoint_every: int = 1000
+    max_nonfinite_steps: int = 50
+
+    def check(self, phases: list[str], source: str = "recipe") -> None:
+        """Raise :class:`MflowError` for values no run could use."""
+        if isinstance(self.epochs, dict):
+            for key, value in self.epochs.items():
+                if key not in phases:
+                    raise MflowError(
+                        f"{source}: 'train.epochs.{key}' is not a phase of this model ({', '.join(phases)})"
+                    )
+                if value < 0:
+                    raise MflowError(f"{source}: 'train.epochs.{key}' must be >= 0")
+        elif self.epochs < 0:
+            raise MflowError(f"{source}: 'train.epochs' must be >= 0")
+        for key in ("batch_size", "checkpoint_every"):
+            if getattr(self, key) < 1:
+                raise MflowError(f"{source}: 'train.{key}' must be >= 1")
+        if not self.lr > 0:
+            raise MflowError(f"{source}: 'train.lr' must be > 0")
+
+    def epochs_for(self, phase: str) -> int:
+        if isinstance(self.epochs, dict):
+            return self.epochs.get(phase, 0)
+        return self.epochs
+
+
+class TrainingMonitor:
+    """Hooks the loop calls; the CLI overrides them to draw progress bars. All are no-ops here."""
+
+    def phase_start(self, phase: str, total_steps: int, done_steps: int) -> None: ...
+
+    def step(self, phase: str, epoch: int, logs: dict[str, float]) -> None: ...
+
+    def epoch_end(self, record: dict[str, Any]) -> None: ...
+
+
+class TrainingDiverged(MflowError):
+    """Too many non-finite losses; the last good checkpoint is left as it was."""
+
+
+class TrainingInterrupted(MflowError):
+    """Ctrl-C (SIGINT): progress was saved; ``--resume`` continues."""
+
+    exit_code = 130
+
+
+def _epoch_order(n: int, seed: int, phase_index: int, epoch: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + phase_index * 10_007 + epoch)
+    return torch.randperm(n, generator=gen)
+
+
+def _make_optimizer(model: torch.nn.Module, phase: str, config: TrainConfig, total_steps: int):
+    params = [p for p in model.phase_parameters(phase) if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.lr_schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    return optimizer, scheduler
+
+
+def train(
+    model: torch.nn.Module,
+    data: torch.Tensor,
+    config: TrainConfig,
+    *,
+    seed: int = 0,
+    resume_state: dict | None = None,
+    save_checkpoint: Callable[[dict], None] | None = None,
+    monitor: TrainingMonitor | None = None,
+    batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> dict:
+    """Train ``model`` on ``data`` (N, *shape) through all its phases; return the final loop state.
+
+    ``save_checkpoint(state)`` is called every ``config.checkpoint_every`` steps, after each epoch and
+    on Ctrl-C, with everything needed to resume (model, optimizer, scheduler, RNG state, position).
+    """
+    loop = _Loop(model, data, config, seed, save_checkpoint, monitor or TrainingMonitor(), batch_transform)
+    return loop.run(resume_state)
+
+
+class _Loop:
+    """The state of one training run: where it is (phase, epoch, batch) and its optimizer."""
+
+    def __init__(self, model, data, config, seed, save_checkpoint, monitor, batch_transform):
+        self.model, self.data, self.config, self.seed = model, data, config, seed
+        self.save, self.monitor, self.batch_transform = save_checkpoint, monitor, batch_transform
+        self.steps_per_epoch = math.ceil(data.shape[0] / config.batch_size)
+        self.step = self.nonfinite = 0
+        self.phase_index = self.epoch = self.batch = 0
+        self.optimizer = self.scheduler = None
+
+    def state(self) -> dict:
+        out = {
+            "model": self.model.state_dict(),
+            "rng": torch.get_rng_state(),
+            "phase": self.phase_index,
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "step": self.step,
+            "nonfinite": self.nonfinite,
+        }
+        if self.optimizer is not None:
+            out["optimizer"] = self.optimizer.state_dict()
+            out["scheduler"] = self.scheduler.state_dict()
+        return out
+
+    def checkpoint(self) -> None:
+        if self.save is not None:
+            self.save(self.state())
+
+    def run(self, resume: dict | None) -> dict:
+        if resume is not None:
+            torch.set_rng_state(resume["rng"])
+            for key in ("phase", "epoch", "batch", "step", "nonfinite"):
+                setattr(self, key, resume[key])
+        phases = self.model.phases()
+        try:
+            while self.phase_index < len(phases):
+                self._run_phase(phases[self.phase_index], resume)
+                resume = None
+                self.phase_index += 1
+                self.epoch = self.batch = 0
+                self.optimizer = self.scheduler = None
+                if self.phase_index < len(phases):
+                    self.checkpoint()
+        except KeyboardInterrupt:
+            self.checkpoint()
+            raise TrainingInterrupted("interrupted: progress saved; continue with --resume") from None
+        self.model.eval()
+        return {"step": self.step, "nonfinite": self.nonfinite}
+
+    def _run_phase(self, phase: str, resume: dict | None) -> None:
+        epochs = self.config.epochs_for(phase)
+        total = epochs * self.steps_per_epoch
+        self.optimizer, self.scheduler = _make_optimizer(self.model, phase, self.config, total)
+        if resume is not None and "optimizer" in resume:
+            self.optimizer.load_state_dict(resume["optimizer"])
+            self.scheduler.load_state_dict(resume["scheduler"])
+        self.monitor.phase_start(phase, total, self.epoch * self.steps_per_epoch + self.batch)
+        self.model.train()
+        while self.epoch < epochs:
+            self._run_epoch(phase)
+            self.epoch += 1
+            self.batch = 0
+            self.checkpoint()
+
+    def _run_epoch(self, phase: str) -> None:
+        cfg = self.config
+        order = _epoch_order(self.data.shape[0], self.seed, self.phase_index, self.epoch)
+        sums: dict[str, float] = {}
+        count = 0
+        while self.batch < self.steps_per_epoch:
+            x = self.data[order[self.batch * cfg.batch_size : (self.batch + 1) * cfg.batch_size]]
+            if self.batch_transform is not None:
+                x = self.batch_transform(x)
+            loss, logs = self.model.loss(x, phase)
+            self.optimizer.zero_grad(set_to_none=True)
+            if not torch.isfinite(loss):
+                self.batch += 1
+                self.nonfinite += 1
+                if self.nonfinite > cfg.max_nonfinite_steps:
+                    raise TrainingDiverged(
+                        f"training stopped: {self.nonfinite} non-finite losses (phase {phase}, epoch "
+                        f"{self.epoch + 1}); the last good checkpoint is kept; try a lower train.lr"
+                    )
+                continue
+            loss.backward()
+            if cfg.grad_clip is not None:
+                params = [p for g in self.optimizer.param_groups for p in g["params"]]
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.step += 1
+            self.batch += 1
+            logs = {"loss": loss.item(), **logs}
+            for key, value in logs.items():
+                sums[key] = sums.get(key, 0.0) + value
+            count += 1
+            self.monitor.step(phase, self.epoch, logs)
+            if self.step % cfg.checkpoint_every == 0:
+                self.checkpoint()
+        record = {"phase": phase, "epoch": self.epoch + 1, "step": self.step}
+        record["lr"] = self.scheduler.get_last_lr()[0]
+        record.update({k: v / max(count, 1) for k, v in sums.items()})
+        record["nonfinite_steps"] = self.nonfinite
+        self.monitor.epoch_end(record)

@@ -1,0 +1,5 @@
+"""Package build. Metadata lives in pyproject.toml."""
+
+from setuptools import setup
+
+setup()
