@@ -205,6 +205,8 @@ def apply_overrides(doc: dict, overrides: list[tuple[str, Any]]) -> dict:
         parts = key.split(".")
         if len(parts) == 1 and parts[0] not in TOP_LEVEL:
             owners = [s for s in SECTIONS if isinstance(doc.get(s), dict) and parts[0] in doc[s]]
+            if not owners:
+                owners = [s for s in SECTIONS if parts[0] in _section_keys(doc, s)]
             if len(owners) != 1:
                 where = " or ".join(f"{s}.{parts[0]}" for s in owners) or "no section"
                 raise MflowError(f"--set {key}: ambiguous or unknown key ({where}); write section.key")
@@ -217,6 +219,26 @@ def apply_overrides(doc: dict, overrides: list[tuple[str, Any]]) -> dict:
             node = child
         node[parts[-1]] = value
     return doc
+
+
+def _section_keys(doc: dict, section: str) -> set[str]:
+    """The keys a section accepts, from its target's signature (empty if the target is unknown)."""
+    from . import datasets, metrics, models, plots  # noqa: F401  (registers everything)
+    from .registry import DATASETS, EVALUATORS, MODELS, PLOTTERS
+    from .training import TrainConfig
+
+    data, model = doc.get("data"), doc.get("model")
+    kind = model.get("kind") if isinstance(model, dict) else None
+    family = MODELS.get(kind).family if isinstance(kind, str) and kind in MODELS else None
+    name = data.get("name") if isinstance(data, dict) else None
+    target = {
+        "train": TrainConfig,
+        "model": MODELS.get(kind) if isinstance(kind, str) and kind in MODELS else None,
+        "data": DATASETS.get(name) if isinstance(name, str) and name in DATASETS else None,
+        "evaluate": EVALUATORS.get(family) if family in EVALUATORS else None,
+        "plot": PLOTTERS.get(family) if family in PLOTTERS else None,
+    }[section]
+    return set(inspect.signature(target).parameters) - set(INJECTED) if target else set()
 
 
 def read_yaml(path: str | Path) -> dict:

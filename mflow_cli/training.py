@@ -82,7 +82,7 @@ def _epoch_order(n: int, seed: int, phase_index: int, epoch: int) -> torch.Tenso
 
 def _make_optimizer(model: torch.nn.Module, phase: str, config: TrainConfig, total_steps: int):
     params = [p for p in model.phase_parameters(phase) if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
     if config.lr_schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
     else:
@@ -143,7 +143,8 @@ class _Loop:
     def run(self, resume: dict | None) -> dict:
         if resume is not None:
             torch.set_rng_state(resume["rng"])
-            for key in ("phase", "epoch", "batch", "step", "nonfinite"):
+            self.phase_index = resume["phase"]
+            for key in ("epoch", "batch", "step", "nonfinite"):
                 setattr(self, key, resume[key])
         phases = self.model.phases()
         try:

@@ -1,0 +1,103 @@
+"""The training loop: resuming gives exactly the uninterrupted result; divergence stops cleanly."""
+
+import pytest
+import torch
+import yaml
+
+from mflow_cli import io
+from mflow_cli.errors import MflowError
+from mflow_cli.recipe import load_recipe
+from mflow_cli.runs import train_run
+from mflow_cli.training import TrainingDiverged, TrainingInterrupted, TrainingMonitor
+
+
+class StopAt(TrainingMonitor):
+    """Simulates Ctrl-C after ``n`` optimizer steps."""
+
+    def __init__(self, n):
+        self.n, self.seen = n, 0
+
+    def step(self, phase, epoch, logs):
+        self.seen += 1
+        if self.seen == self.n:
+            raise KeyboardInterrupt
+
+
+def params(run_dir):
+    return io.load_torch(run_dir / "model.pt")["state_dict"]
+
+
+@pytest.mark.parametrize("kind,stop", [("dnf", 7), ("mflow", 9)])
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, tiny_recipe, kind, stop):
+    overrides = [f"model.kind={kind}", "train.epochs=2", "train.checkpoint_every=3"]
+    if kind == "mflow":
+        overrides[1] = "train.epochs={manifold: 1, density: 2}"
+    recipe = load_recipe(tiny_recipe, overrides)
+    train_run(recipe, tmp_path / "straight")
+    with pytest.raises(TrainingInterrupted):
+        train_run(recipe, tmp_path / "cut", monitor=StopAt(stop))
+    assert not (tmp_path / "cut" / "model.pt").exists()
+    train_run(recipe, tmp_path / "cut", resume=True)
+    a, b = params(tmp_path / "straight"), params(tmp_path / "cut")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    steps = [r["step"] for r in io.read_jsonl(tmp_path / "cut" / "metrics.jsonl")]
+    assert steps == sorted(set(steps))  # no duplicated epoch records after the resume
+
+
+def test_resume_from_a_periodic_checkpoint_alone(tmp_path, tiny_recipe):
+    """As after SIGKILL: only the last periodic checkpoint survives, yet the result is the same."""
+    recipe = load_recipe(tiny_recipe, ["train.epochs=2", "train.checkpoint_every=3"])
+    train_run(recipe, tmp_path / "straight")
+    saved = []
+
+    class Snapshot(TrainingMonitor):
+        def step(self, phase, epoch, logs):
+            if (tmp_path / "cut" / "checkpoint.pt").exists() and not saved:
+                saved.append((tmp_path / "cut" / "checkpoint.pt").read_bytes())
+
+    train_run(recipe, tmp_path / "cut", monitor=Snapshot())
+    (tmp_path / "cut" / "model.pt").unlink()
+    (tmp_path / "cut" / "checkpoint.pt").write_bytes(saved[0])  # the state at step 3
+    train_run(recipe, tmp_path / "cut", resume=True)
+    a, b = params(tmp_path / "straight"), params(tmp_path / "cut")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_a_different_recipe(tmp_path, tiny_recipe):
+    recipe = load_recipe(tiny_recipe, ["train.epochs=1"])
+    train_run(recipe, tmp_path / "run")
+    with pytest.raises(MflowError, match="recipe differs"):
+        train_run(load_recipe(tiny_recipe, ["train.lr=0.1"]), tmp_path / "run", resume=True)
+    # A larger epoch budget is allowed: it continues training.
+    train_run(load_recipe(tiny_recipe, ["train.epochs=2"]), tmp_path / "run", resume=True)
+    assert io.read_jsonl(tmp_path / "run" / "metrics.jsonl")[-1]["epoch"] == 2
+
+
+def test_non_finite_losses_stop_training_and_keep_the_checkpoint(tmp_path, tiny_recipe):
+    doc = yaml.safe_load(tiny_recipe.read_text())
+    doc["train"].update({"epochs": 3, "max_nonfinite_steps": 2})
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    recipe = load_recipe(path)
+    run_dir = tmp_path / "run"
+
+    from mflow_cli.models.manifold_flow import ManifoldFlow
+
+    original = ManifoldFlow.loss
+    calls = {"n": 0}
+
+    def flaky(self, x, phase):
+        calls["n"] += 1
+        loss, logs = original(self, x, phase)
+        return (loss * float("nan") if calls["n"] > 4 else loss), logs
+
+    ManifoldFlow.loss = flaky
+    try:
+        with pytest.raises(TrainingDiverged, match="non-finite"):
+            train_run(recipe, run_dir)
+    finally:
+        ManifoldFlow.loss = original
+    state = io.load_torch(run_dir / "checkpoint.pt")
+    assert state["step"] == 4 and all(torch.isfinite(v).all() for v in state["model"].values())
