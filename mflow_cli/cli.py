@@ -62,21 +62,17 @@ class _RichMonitor:
     """Training progress: one bar per phase with the running loss and the epoch."""
 
     def __init__(self, progress: Progress):
-        self.progress, self.task, self.count = progress, None, 0
+        self.progress, self.task = progress, None
 
     def phase_start(self, phase, total_steps, done_steps):
         self.task = self.progress.add_task(phase, total=total_steps, completed=done_steps, info="")
-        self.count = 0
 
     def step(self, phase, epoch, logs):
-        self.count += 1
-        if self.count % 10 == 0:
-            info = f"epoch {epoch + 1}  " + "  ".join(f"{k} {v:.4g}" for k, v in logs.items())
-            self.progress.update(self.task, advance=10, info=info)
+        info = f"epoch {epoch + 1}  " + "  ".join(f"{k} {v:.4g}" for k, v in logs.items())
+        self.progress.update(self.task, advance=1, info=info)
 
     def epoch_end(self, record):
-        self.progress.update(self.task, completed=self.progress.tasks[self.task].completed + self.count % 10)
-        self.count -= self.count % 10
+        pass
 
 
 @app.command()
