@@ -30,10 +30,12 @@ def logdet_gram(jac: torch.Tensor) -> torch.Tensor:
     """log det(JᵀJ) for a batch of thin Jacobians (B, D, d), via a Cholesky factor of the Gram matrix.
 
     This is the volume change of the manifold map (M-flow paper, eq. 3): p(x) = p(u) det(JᵀJ)^(-1/2).
+    Runs the fused Gram + Cholesky kernel when built (:func:`mflow_cli.kernels.logdet_gram`), else
+    the plain-torch reference (``torch.linalg.cholesky`` of ``JᵀJ``).
     """
-    gram = jac.transpose(1, 2) @ jac
-    chol = torch.linalg.cholesky(gram)
-    return 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+    from .kernels import logdet_gram as fused_logdet_gram
+
+    return fused_logdet_gram(jac)
 
 
 def brute_force_jacobian(fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor) -> torch.Tensor:

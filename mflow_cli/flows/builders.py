@@ -12,6 +12,8 @@ from nflows import transforms as T
 from nflows.nn.nets import ResidualNet
 from nflows.utils import create_alternating_binary_mask
 
+from .fused import FusedAffineCouplingTransform, FusedRQCouplingTransform
+
 LinearKind = Literal["lu", "permutation"]
 InnerKind = Literal["affine-autoregressive", "rq-coupling", "affine-coupling"]
 
@@ -56,13 +58,13 @@ def coupling_flow(
         steps.append(_linear(features, linear))
         if kind == "rq-coupling":
             steps.append(
-                T.PiecewiseRationalQuadraticCouplingTransform(
+                FusedRQCouplingTransform(
                     mask=mask, transform_net_create_fn=net, num_bins=num_bins, tails="linear",
                     tail_bound=tail_bound,
                 )
             )
         else:
-            steps.append(T.AffineCouplingTransform(mask=mask, transform_net_create_fn=net))
+            steps.append(FusedAffineCouplingTransform(mask=mask, transform_net_create_fn=net))
     steps.append(_linear(features, linear))
     return T.CompositeTransform(steps)
 

@@ -1,8 +1,29 @@
-"""Optional compiled kernels (``csrc/``). Without the extension everything runs on PyTorch ops."""
+"""Optional compiled kernels (``csrc/``, module ``mflow_cli._C``) for the hot paths, with PyTorch fallbacks.
+
+- :func:`rq_coupling`: rational-quadratic spline coupling (bin search, forward/inverse, log-det);
+- :func:`affine_coupling`: affine coupling with its log-det;
+- :func:`logdet_gram`: batched log det(JᵀJ) of thin Jacobians.
+
+Each has backward and forward-mode (jvp) rules. Without the extension, or with ``MFLOW_NO_EXT=1``,
+or inside :func:`use_reference`, the same calls run the pure-PyTorch references (:mod:`.reference`).
+"""
 
 from __future__ import annotations
+
+from ._ext import ext, load_error
+from .ops import affine_coupling, can_fuse, extension_loaded, fused_enabled, logdet_gram, rq_coupling, use_reference
+
+__all__ = [
+    "affine_coupling", "backend_info", "can_fuse", "extension_loaded", "fused_enabled", "logdet_gram",
+    "rq_coupling", "use_reference",
+]
 
 
 def backend_info() -> str:
     """Which implementation of the hot paths is active."""
-    return "kernels: reference PyTorch path (no compiled extension built)"
+    if ext is None:
+        return f"kernels: reference PyTorch path ({load_error or 'no compiled extension built'})"
+    devices = "CPU+CUDA" if ext.with_cuda else "CPU"
+    if not fused_enabled():
+        return f"kernels: reference PyTorch path (fused {devices} extension built but disabled)"
+    return f"kernels: fused mflow_cli._C ({devices})"

@@ -1,0 +1,113 @@
+// Python bindings of the fused ops (module mflow_cli._C); each op runs on the device of its inputs.
+// Inputs are expected contiguous, of one floating dtype, with int64 feature indices (the Python
+// side in mflow_cli/kernels/ guarantees this); checks here guard against misuse.
+#include <torch/csrc/utils/pybind.h>
+
+#include "ops.h"
+
+namespace mflow {
+namespace {
+
+void check_inputs(const at::Tensor& x, const at::Tensor& params, const at::Tensor& tidx, int64_t params_dim) {
+  TORCH_CHECK(x.dim() == 2, "x must be (N, D)");
+  TORCH_CHECK(params.dim() == params_dim && params.size(0) == x.size(0), "params must match the batch of x");
+  TORCH_CHECK(x.is_contiguous() && params.is_contiguous() && tidx.is_contiguous(), "inputs must be contiguous");
+  TORCH_CHECK(params.scalar_type() == x.scalar_type(), "x and params must share a dtype");
+  TORCH_CHECK(tidx.scalar_type() == at::kLong && tidx.dim() == 1, "feature indices must be int64 (F,)");
+  TORCH_CHECK(params.device() == x.device() && tidx.device() == x.device(), "inputs must share a device");
+}
+
+SplineArgs spline_args(int64_t num_bins, double tail_bound, double min_w, double min_h, double min_d, double divisor) {
+  TORCH_CHECK(num_bins >= 1 && num_bins <= 64, "num_bins must be in 1..64");
+  return SplineArgs{num_bins, tail_bound, min_w, min_h, min_d, divisor};
+}
+
+#ifdef MFLOW_WITH_CUDA
+#define MFLOW_CALL(name, x, ...) ((x).is_cuda() ? name##_cuda(__VA_ARGS__) : name##_cpu(__VA_ARGS__))
+#else
+inline void require_cpu(const at::Tensor& x) { TORCH_CHECK(!x.is_cuda(), "mflow_cli._C was built without CUDA"); }
+#define MFLOW_CALL(name, x, ...) (require_cpu(x), name##_cpu(__VA_ARGS__))
+#endif
+
+std::tuple<at::Tensor, at::Tensor> py_rq_forward(const at::Tensor& x, const at::Tensor& params, const at::Tensor& tidx,
+                                              bool inverse, int64_t num_bins, double tail_bound, double min_w,
+                                              double min_h, double min_d, double divisor) {
+  check_inputs(x, params, tidx, 3);
+  TORCH_CHECK(params.size(1) == tidx.size(0) && params.size(2) == 3 * num_bins - 1, "params must be (N, F, 3K-1)");
+  const SplineArgs a = spline_args(num_bins, tail_bound, min_w, min_h, min_d, divisor);
+  return MFLOW_CALL(rq_forward, x, x, params, tidx, inverse, a);
+}
+
+std::tuple<at::Tensor, at::Tensor> py_rq_backward(const at::Tensor& x, const at::Tensor& params, const at::Tensor& tidx,
+                                               const at::Tensor& g_out, const at::Tensor& g_ld, bool inverse,
+                                               int64_t num_bins, double tail_bound, double min_w, double min_h,
+                                               double min_d, double divisor) {
+  check_inputs(x, params, tidx, 3);
+  TORCH_CHECK(g_out.sizes() == x.sizes() && g_out.is_contiguous() && g_ld.is_contiguous(), "bad gradients");
+  const SplineArgs a = spline_args(num_bins, tail_bound, min_w, min_h, min_d, divisor);
+  return MFLOW_CALL(rq_backward, x, x, params, tidx, g_out, g_ld, inverse, a);
+}
+
+std::tuple<at::Tensor, at::Tensor> py_rq_jvp(const at::Tensor& x, const at::Tensor& params, const at::Tensor& tidx,
+                                          const at::Tensor& tx, const at::Tensor& tparams, bool inverse,
+                                          int64_t num_bins, double tail_bound, double min_w, double min_h,
+                                          double min_d, double divisor) {
+  check_inputs(x, params, tidx, 3);
+  TORCH_CHECK(tx.sizes() == x.sizes() && tparams.sizes() == params.sizes(), "bad tangents");
+  TORCH_CHECK(tx.is_contiguous() && tparams.is_contiguous(), "tangents must be contiguous");
+  const SplineArgs a = spline_args(num_bins, tail_bound, min_w, min_h, min_d, divisor);
+  return MFLOW_CALL(rq_jvp, x, x, params, tidx, tx, tparams, inverse, a);
+}
+
+std::tuple<at::Tensor, at::Tensor> py_affine_forward(const at::Tensor& x, const at::Tensor& params,
+                                                  const at::Tensor& tidx, bool inverse) {
+  check_inputs(x, params, tidx, 2);
+  TORCH_CHECK(params.size(1) == 2 * tidx.size(0), "params must be (N, 2F)");
+  return MFLOW_CALL(affine_forward, x, x, params, tidx, inverse);
+}
+
+std::tuple<at::Tensor, at::Tensor> py_affine_backward(const at::Tensor& x, const at::Tensor& params,
+                                                   const at::Tensor& tidx, const at::Tensor& g_out,
+                                                   const at::Tensor& g_ld, bool inverse) {
+  check_inputs(x, params, tidx, 2);
+  TORCH_CHECK(g_out.sizes() == x.sizes() && g_out.is_contiguous() && g_ld.is_contiguous(), "bad gradients");
+  return MFLOW_CALL(affine_backward, x, x, params, tidx, g_out, g_ld, inverse);
+}
+
+std::tuple<at::Tensor, at::Tensor> py_affine_jvp(const at::Tensor& x, const at::Tensor& params, const at::Tensor& tidx,
+                                              const at::Tensor& tx, const at::Tensor& tparams, bool inverse) {
+  check_inputs(x, params, tidx, 2);
+  TORCH_CHECK(tx.sizes() == x.sizes() && tparams.sizes() == params.sizes(), "bad tangents");
+  return MFLOW_CALL(affine_jvp, x, x, params, tidx, tx, tparams, inverse);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> py_logdet_gram_forward(const at::Tensor& jac) {
+  TORCH_CHECK(jac.dim() == 3 && jac.is_contiguous(), "jac must be a contiguous (B, D, d) tensor");
+  TORCH_CHECK(jac.size(2) <= 128 && jac.size(2) <= jac.size(1), "jac must be thin: d <= min(D, 128)");
+  return MFLOW_CALL(logdet_gram_forward, jac, jac);
+}
+
+at::Tensor py_logdet_gram_backward(const at::Tensor& jac, const at::Tensor& chol, const at::Tensor& g) {
+  TORCH_CHECK(jac.is_contiguous() && chol.is_contiguous() && g.is_contiguous(), "inputs must be contiguous");
+  return MFLOW_CALL(logdet_gram_backward, jac, jac, chol, g);
+}
+
+}  // namespace
+}  // namespace mflow
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "mflow fused kernels: RQ-spline and affine coupling, log det(JᵀJ)";
+#ifdef MFLOW_WITH_CUDA
+  m.attr("with_cuda") = true;
+#else
+  m.attr("with_cuda") = false;
+#endif
+  m.def("rq_forward", &mflow::py_rq_forward);
+  m.def("rq_backward", &mflow::py_rq_backward);
+  m.def("rq_jvp", &mflow::py_rq_jvp);
+  m.def("affine_forward", &mflow::py_affine_forward);
+  m.def("affine_backward", &mflow::py_affine_backward);
+  m.def("affine_jvp", &mflow::py_affine_jvp);
+  m.def("logdet_gram_forward", &mflow::py_logdet_gram_forward);
+  m.def("logdet_gram_backward", &mflow::py_logdet_gram_backward);
+}

@@ -1,0 +1,56 @@
+// Declarations of the fused ops; CPU versions in cpu_ops.cpp, CUDA versions in cuda_ops.cu.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <tuple>
+
+#include "elementwise.h"
+
+namespace mflow {
+
+struct SplineArgs {
+  int64_t num_bins;
+  double tail_bound, min_bin_width, min_bin_height, min_derivative, divisor;
+};
+
+inline SplineConfig make_config(const SplineArgs& a) {
+  SplineConfig c;
+  c.num_bins = static_cast<int>(a.num_bins);
+  c.tail_bound = a.tail_bound;
+  c.min_bin_width = a.min_bin_width;
+  c.min_bin_height = a.min_bin_height;
+  c.min_derivative = a.min_derivative;
+  c.divisor = a.divisor;
+  const double raw = std::log(std::exp(1.0 - a.min_derivative) - 1.0);
+  c.boundary_derivative = a.min_derivative + (raw > 20.0 ? raw : std::log1p(std::exp(raw)));
+  return c;
+}
+
+#define MFLOW_DECLARE_OPS(dev)                                                                                   \
+  std::tuple<at::Tensor, at::Tensor> rq_forward_##dev(const at::Tensor& x, const at::Tensor& params,           \
+                                                      const at::Tensor& tidx, bool inverse, const SplineArgs& a); \
+  std::tuple<at::Tensor, at::Tensor> rq_backward_##dev(const at::Tensor& x, const at::Tensor& params,          \
+                                                       const at::Tensor& tidx, const at::Tensor& g_out,          \
+                                                       const at::Tensor& g_ld, bool inverse, const SplineArgs& a); \
+  std::tuple<at::Tensor, at::Tensor> rq_jvp_##dev(const at::Tensor& x, const at::Tensor& params,               \
+                                                  const at::Tensor& tidx, const at::Tensor& tx,                  \
+                                                  const at::Tensor& tparams, bool inverse, const SplineArgs& a); \
+  std::tuple<at::Tensor, at::Tensor> affine_forward_##dev(const at::Tensor& x, const at::Tensor& params,       \
+                                                          const at::Tensor& tidx, bool inverse);                 \
+  std::tuple<at::Tensor, at::Tensor> affine_backward_##dev(const at::Tensor& x, const at::Tensor& params,      \
+                                                           const at::Tensor& tidx, const at::Tensor& g_out,      \
+                                                           const at::Tensor& g_ld, bool inverse);                \
+  std::tuple<at::Tensor, at::Tensor> affine_jvp_##dev(const at::Tensor& x, const at::Tensor& params,           \
+                                                      const at::Tensor& tidx, const at::Tensor& tx,              \
+                                                      const at::Tensor& tparams, bool inverse);                  \
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> logdet_gram_forward_##dev(const at::Tensor& jac);               \
+  at::Tensor logdet_gram_backward_##dev(const at::Tensor& jac, const at::Tensor& chol, const at::Tensor& g);
+
+MFLOW_DECLARE_OPS(cpu)
+#ifdef MFLOW_WITH_CUDA
+MFLOW_DECLARE_OPS(cuda)
+#endif
+
+}  // namespace mflow

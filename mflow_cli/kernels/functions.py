@@ -1,0 +1,138 @@
+"""``torch.autograd.Function`` wrappers of the compiled ops: backward and forward-mode (``jvp``) rules.
+
+The forward saves only its inputs; backward and jvp recompute the element-wise quantities in the
+kernel (cheaper than storing them). ``setup_context`` is separate from ``forward`` so that the
+functions also work under ``torch.func.jvp`` (used for decoder Jacobians, :mod:`mflow_cli.jacobian`).
+Backward is once-differentiable: double backward and reverse-over-forward go through the reference
+path (the dispatch in :mod:`mflow_cli.kernels.ops` routes them there).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from ._ext import ext
+
+
+def _zeros_if_none(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(like) if t is None else t.contiguous()
+
+
+class _Function(torch.autograd.Function):
+    """``apply`` without ``inspect.signature`` on every call (torch does that for setup_context-style
+    Functions to bind defaults; ours have none). Under functorch transforms, torch's own ``apply``."""
+
+    @classmethod
+    def apply(cls, *args):
+        if torch._C._are_functorch_transforms_active():
+            return super().apply(*args)
+        return super(torch.autograd.Function, cls).apply(*args)
+
+
+class _TangentFn(torch.autograd.Function):
+    """Runs a compiled tangent rule from inside a ``jvp`` staticmethod.
+
+    Under ``torch.func.jvp`` the tensors a ``jvp`` rule sees are functorch wrappers without storage;
+    going through ``apply`` of this non-differentiable Function hands the kernel plain tensors.
+    """
+
+    @staticmethod
+    def forward(op, *args):
+        return tuple(getattr(ext, op)(*args))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError("mflow fused kernels: tangents are not differentiable (use kernels.use_reference())")
+
+
+class RQCouplingFn(_Function):
+    """(x, params, tidx, inverse, cfg) -> (out, logabsdet); cfg = (K, tail_bound, min_w, min_h, min_d, divisor)."""
+
+    @staticmethod
+    def forward(x, params, tidx, inverse, cfg):
+        return tuple(ext.rq_forward(x, params, tidx, inverse, *cfg))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, params, tidx, inverse, cfg = inputs
+        ctx.save_for_backward(x, params, tidx)
+        ctx.save_for_forward(x, params, tidx)
+        ctx.inverse, ctx.cfg = inverse, cfg
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_out, g_ld):
+        x, params, tidx = ctx.saved_tensors
+        gx, gp = ext.rq_backward(x, params, tidx, g_out.contiguous(), g_ld.contiguous(), ctx.inverse, *ctx.cfg)
+        return gx, gp, None, None, None
+
+    @staticmethod
+    def jvp(ctx, tx, tp, *_):
+        x, params, tidx = ctx.saved_tensors
+        return _TangentFn.apply(
+            "rq_jvp", x, params, tidx, _zeros_if_none(tx, x), _zeros_if_none(tp, params), ctx.inverse, *ctx.cfg
+        )
+
+
+class AffineCouplingFn(_Function):
+    """(x, params, tidx, inverse) -> (out, logabsdet); params (N, 2F) = [shift, unconstrained scale]."""
+
+    @staticmethod
+    def forward(x, params, tidx, inverse):
+        return tuple(ext.affine_forward(x, params, tidx, inverse))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, params, tidx, inverse = inputs
+        ctx.save_for_backward(x, params, tidx)
+        ctx.save_for_forward(x, params, tidx)
+        ctx.inverse = inverse
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_out, g_ld):
+        x, params, tidx = ctx.saved_tensors
+        gx, gp = ext.affine_backward(x, params, tidx, g_out.contiguous(), g_ld.contiguous(), ctx.inverse)
+        return gx, gp, None, None
+
+    @staticmethod
+    def jvp(ctx, tx, tp, *_):
+        x, params, tidx = ctx.saved_tensors
+        return _TangentFn.apply(
+            "affine_jvp", x, params, tidx, _zeros_if_none(tx, x), _zeros_if_none(tp, params), ctx.inverse
+        )
+
+
+class LogdetGramFn(_Function):
+    """jac (B, D, d) -> log det(JᵀJ) (B,); d/dJ = 2 J (JᵀJ)⁻¹, d(logdet)[dJ] = 2 <J (JᵀJ)⁻¹, dJ>."""
+
+    @staticmethod
+    def forward(jac):
+        logdet, chol, info = ext.logdet_gram_forward(jac)
+        return logdet, chol, info
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        (jac,) = inputs
+        _, chol, _ = output
+        ctx.mark_non_differentiable(chol, output[2])
+        ctx.save_for_backward(jac, chol)
+        ctx.save_for_forward(jac, chol)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g, _g_chol, _g_info):
+        jac, chol = ctx.saved_tensors
+        return ext.logdet_gram_backward(jac, chol, g.contiguous())
+
+    @staticmethod
+    def jvp(ctx, tjac):
+        jac, chol = ctx.saved_tensors
+        # J G⁻¹ = (G⁻¹ Jᵀ)ᵀ with G = L Lᵀ
+        jg = torch.cholesky_solve(jac.transpose(1, 2), chol).transpose(1, 2)
+        return 2.0 * (jg * tjac).sum((1, 2)), None, None

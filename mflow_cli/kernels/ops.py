@@ -1,0 +1,115 @@
+"""Dispatch between the fused ops (``mflow_cli._C``) and the pure-PyTorch references.
+
+The fused path is taken when the extension is loaded and enabled, the tensors are float32/float64
+on a device the extension was built for, and the call is not one the compiled rules cannot serve:
+a ``vmap``/``grad`` transform, nested ``jvp``, or forward-mode AD while reverse-mode is recording
+(reverse-over-forward). Those, and everything else, go to :mod:`mflow_cli.kernels.reference`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch.autograd import forward_ad
+
+from . import reference
+from ._ext import ext
+
+_state = {"enabled": ext is not None}
+_FLOATS = (torch.float32, torch.float64)
+
+
+def extension_loaded() -> bool:
+    """Whether ``mflow_cli._C`` was built and imported (regardless of :func:`use_reference`)."""
+    return ext is not None
+
+
+def fused_enabled() -> bool:
+    return _state["enabled"]
+
+
+@contextlib.contextmanager
+def use_reference(flag: bool = True) -> Iterator[None]:
+    """Force the reference path inside the block (``flag=False`` re-enables the fused one if built)."""
+    old = _state["enabled"]
+    _state["enabled"] = (not flag) and ext is not None
+    try:
+        yield
+    finally:
+        _state["enabled"] = old
+
+
+def _transform_ok() -> bool:
+    stack = torch._C._functorch.get_interpreter_stack()
+    if stack:
+        if len(stack) > 1 or stack[0].key() != torch._C._functorch.TransformType.Jvp:
+            return False
+        return not torch.is_grad_enabled()
+    return not (forward_ad._current_level >= 0 and torch.is_grad_enabled())
+
+
+def can_fuse(*tensors: torch.Tensor) -> bool:
+    """Whether these tensors can go through the compiled kernels here and now."""
+    if not _state["enabled"]:
+        return False
+    first = tensors[0]
+    if first.dtype not in _FLOATS or any(t.dtype != first.dtype or t.device != first.device for t in tensors):
+        return False
+    if first.device.type != "cpu" and not (first.device.type == "cuda" and ext.with_cuda):
+        return False
+    return _transform_ok()
+
+
+def rq_coupling(
+    x: torch.Tensor,
+    params: torch.Tensor,
+    tidx: torch.Tensor,
+    inverse: bool = False,
+    num_bins: int = 10,
+    tail_bound: float = 1.0,
+    min_bin_width: float = 1e-3,
+    min_bin_height: float = 1e-3,
+    min_derivative: float = 1e-3,
+    divisor: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rational-quadratic spline coupling (linear tails) on features ``tidx`` of ``x`` (N, D).
+
+    ``params`` (N, F, 3K-1): K width and K height logits (divided by ``divisor``, as nflows scales
+    them by sqrt(hidden_features)) and K-1 interior derivative pre-activations. Returns the full
+    (N, D) output and the log|det| (N,).
+    """
+    cfg = (num_bins, float(tail_bound), float(min_bin_width), float(min_bin_height), float(min_derivative),
+           float(divisor))
+    if num_bins <= 64 and x.dim() == 2 and can_fuse(x, params):
+        from .functions import RQCouplingFn
+
+        return RQCouplingFn.apply(x.contiguous(), params.contiguous(), tidx.contiguous(), inverse, cfg)
+    return reference.rq_coupling(x, params, tidx, inverse, *cfg)
+
+
+def affine_coupling(
+    x: torch.Tensor, params: torch.Tensor, tidx: torch.Tensor, inverse: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Affine coupling (nflows' scale = sigmoid(u + 2) + 1e-3) on features ``tidx`` of ``x`` (N, D)."""
+    if x.dim() == 2 and can_fuse(x, params):
+        from .functions import AffineCouplingFn
+
+        return AffineCouplingFn.apply(x.contiguous(), params.contiguous(), tidx.contiguous(), inverse)
+    return reference.affine_coupling(x, params, tidx, inverse)
+
+
+def logdet_gram(jac: torch.Tensor) -> torch.Tensor:
+    """log det(JᵀJ) for a batch of thin Jacobians (B, D, d), d <= 128: Gram + Cholesky in one pass."""
+    if jac.dim() == 3 and 0 < jac.shape[2] <= min(128, jac.shape[1]) and can_fuse(jac):
+        from .functions import LogdetGramFn
+
+        logdet, _, info = LogdetGramFn.apply(jac.contiguous())
+        if bool(info.any()):
+            bad = int(info.nonzero()[0, 0])
+            raise torch.linalg.LinAlgError(
+                f"logdet_gram: the Gram matrix JᵀJ of batch element {bad} is not positive-definite"
+            )
+        return logdet
+    return reference.logdet_gram(jac)
