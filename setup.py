@@ -17,7 +17,7 @@ import sys
 
 from setuptools import setup
 
-SOURCES_CPU = ["csrc/bindings.cpp", "csrc/cpu_ops.cpp"]
+SOURCES_CPU = ["csrc/bindings.cpp", "csrc/cpu_ops.cpp", "csrc/cpu_vec.cpp"]
 SOURCES_CUDA = ["csrc/cuda_ops.cu"]
 
 

@@ -10,6 +10,7 @@
 
 #include "elementwise.h"
 #include "ops.h"
+#include "vec_ops.h"
 
 namespace mflow {
 
@@ -31,9 +32,23 @@ std::tuple<at::Tensor, at::Tensor> rq_forward_cpu(const at::Tensor& x, const at:
                                                   const at::Tensor& tidx, bool inverse, const SplineArgs& a) {
   const SplineConfig cfg = make_config(a);
   const int64_t N = x.size(0), D = x.size(1), F = tidx.size(0), P = params.size(2);
+  const int64_t* idx = tidx.data_ptr<int64_t>();
+  if (cfg.num_bins <= kMaxSimdBins && simd_available()) {  // element-parallel SIMD path
+    auto out = x.clone();
+    auto ld_el = at::empty({N, F}, x.options());
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rq_forward_simd", [&] {
+      const scalar_t* xp = x.data_ptr<scalar_t>();
+      const scalar_t* pp = params.data_ptr<scalar_t>();
+      scalar_t* op = out.data_ptr<scalar_t>();
+      scalar_t* lp = ld_el.data_ptr<scalar_t>();
+      at::parallel_for(0, N * F, 512, [&](int64_t begin, int64_t end) {
+        rq_forward_simd(xp, pp, idx, op, lp, begin, end, D, F, inverse, cfg);
+      });
+    });
+    return {out, F == 1 ? ld_el.view({N}) : ld_el.sum(1)};
+  }
   auto out = at::empty_like(x);
   auto ld = at::empty({N}, x.options());
-  const int64_t* idx = tidx.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rq_forward_cpu", [&] {
     const scalar_t* xp = x.data_ptr<scalar_t>();
     const scalar_t* pp = params.data_ptr<scalar_t>();
@@ -70,9 +85,25 @@ std::tuple<at::Tensor, at::Tensor> rq_backward_cpu(const at::Tensor& x, const at
                                                    const at::Tensor& g_ld, bool inverse, const SplineArgs& a) {
   const SplineConfig cfg = make_config(a);
   const int64_t N = x.size(0), D = x.size(1), F = tidx.size(0), P = params.size(2);
+  const int64_t* idx = tidx.data_ptr<int64_t>();
+  if (cfg.num_bins <= kMaxSimdBins && simd_available()) {  // element-parallel SIMD path
+    auto gx = g_out.clone();
+    auto gp = at::empty_like(params);
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rq_backward_simd", [&] {
+      const scalar_t* xp = x.data_ptr<scalar_t>();
+      const scalar_t* pp = params.data_ptr<scalar_t>();
+      const scalar_t* go = g_out.data_ptr<scalar_t>();
+      const scalar_t* gl = g_ld.data_ptr<scalar_t>();
+      scalar_t* gxp = gx.data_ptr<scalar_t>();
+      scalar_t* gpp = gp.data_ptr<scalar_t>();
+      at::parallel_for(0, N * F, 256, [&](int64_t begin, int64_t end) {
+        rq_backward_simd(xp, pp, idx, go, gl, gxp, gpp, begin, end, D, F, inverse, cfg);
+      });
+    });
+    return {gx, gp};
+  }
   auto gx = at::empty_like(x);
   auto gp = at::empty_like(params);
-  const int64_t* idx = tidx.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rq_backward_cpu", [&] {
     const scalar_t* xp = x.data_ptr<scalar_t>();
     const scalar_t* pp = params.data_ptr<scalar_t>();
