@@ -9,13 +9,18 @@ noise inflation) travels in the checkpoint, so a resumed run continues exactly w
 from __future__ import annotations
 
 import math
+import signal
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from .errors import MflowError
+
+if TYPE_CHECKING:
+    from .distributed import Distributed
 
 
 @dataclass
@@ -70,9 +75,37 @@ class TrainingDiverged(MflowError):
 
 
 class TrainingInterrupted(MflowError):
-    """Ctrl-C (SIGINT): progress was saved; ``--resume`` continues."""
+    """Ctrl-C (SIGINT) or SIGTERM: progress was saved; ``--resume`` continues."""
 
     exit_code = 130
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM during training: finish the current step, then save and stop.
+
+    Stopping between steps keeps the checkpoint consistent (parameters, optimizer, counters and RNG all
+    at the same step). A second Ctrl-C stops at once; the last checkpoint is then kept as it was.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                old = signal.signal(sig, self._handle)
+                self._old[sig] = signal.SIG_DFL if old is None else old
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 def _epoch_order(n: int, seed: int, phase_index: int, epoch: int) -> torch.Tensor:
@@ -100,13 +133,17 @@ def train(
     save_checkpoint: Callable[[dict], None] | None = None,
     monitor: TrainingMonitor | None = None,
     batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    dist: Distributed | None = None,
 ) -> dict:
     """Train ``model`` on ``data`` (N, *shape) through all its phases; return the final loop state.
 
     ``save_checkpoint(state)`` is called every ``config.checkpoint_every`` steps, after each epoch and
-    on Ctrl-C, with everything needed to resume (model, optimizer, scheduler, RNG state, position).
+    on Ctrl-C/SIGTERM, with everything needed to resume (model, optimizer, scheduler, RNG state,
+    position). With ``dist`` (under torchrun) the model trains under DistributedDataParallel, each rank
+    on its shard of every batch; pass ``save_checkpoint`` on rank 0 only.
     """
     loop = _Loop(model, data, config, seed, save_checkpoint, monitor or TrainingMonitor(), batch_transform)
+    loop.dist = dist
     return loop.run(resume_state)
 
 
@@ -120,6 +157,10 @@ class _Loop:
         self.step = self.nonfinite = 0
         self.phase_index = self.epoch = self.batch = 0
         self.optimizer = self.scheduler = None
+        self.forward = model.loss
+        self.dist: Distributed | None = None
+        self.stop = _StopRequest()
+        self.in_step = False  # True between a step's first computation and its counters' update
 
     def state(self) -> dict:
         out = {
@@ -131,34 +172,54 @@ class _Loop:
             "step": self.step,
             "nonfinite": self.nonfinite,
         }
+        if torch.cuda.is_available():
+            out["cuda_rng"] = torch.cuda.get_rng_state_all()
         if self.optimizer is not None:
             out["optimizer"] = self.optimizer.state_dict()
             out["scheduler"] = self.scheduler.state_dict()
         return out
 
     def checkpoint(self) -> None:
-        if self.save is not None:
-            self.save(self.state())
+        """Save the resume state; refuse to replace the last good checkpoint with non-finite weights."""
+        if self.save is None:
+            return
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            raise TrainingDiverged(
+                f"training stopped: parameters became non-finite by step {self.step}; "
+                "the last good checkpoint is kept; try a lower train.lr or a train.grad_clip"
+            )
+        self.save(self.state())
 
     def run(self, resume: dict | None) -> dict:
         if resume is not None:
             torch.set_rng_state(resume["rng"])
+            if "cuda_rng" in resume and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(resume["cuda_rng"])
             self.phase_index = resume["phase"]
             for key in ("epoch", "batch", "step", "nonfinite"):
                 setattr(self, key, resume[key])
+            if self.dist is not None:
+                self.dist.reseed(self.seed, self.step)
         phases = self.model.phases()
         try:
-            while self.phase_index < len(phases):
-                self._run_phase(phases[self.phase_index], resume)
-                resume = None
-                self.phase_index += 1
-                self.epoch = self.batch = 0
-                self.optimizer = self.scheduler = None
-                if self.phase_index < len(phases):
-                    self.checkpoint()
+            with self.stop:
+                while self.phase_index < len(phases):
+                    self._run_phase(phases[self.phase_index], resume)
+                    resume = None
+                    self.phase_index += 1
+                    self.epoch = self.batch = 0
+                    self.optimizer = self.scheduler = None
+                    if self.phase_index < len(phases):
+                        self.checkpoint()
         except KeyboardInterrupt:
+            if self.in_step:  # a forced stop inside a step: its state is not consistent, keep the last one
+                raise TrainingInterrupted(
+                    f"interrupted inside step {self.step + 1}: the last checkpoint is kept; continue with --resume"
+                ) from None
             self.checkpoint()
-            raise TrainingInterrupted("interrupted: progress saved; continue with --resume") from None
+            raise TrainingInterrupted(
+                f"interrupted: progress saved at step {self.step}; continue with --resume"
+            ) from None
         self.model.eval()
         return {"step": self.step, "nonfinite": self.nonfinite}
 
@@ -166,6 +227,8 @@ class _Loop:
         epochs = self.config.epochs_for(phase)
         total = epochs * self.steps_per_epoch
         self.optimizer, self.scheduler = _make_optimizer(self.model, phase, self.config, total)
+        if self.dist is not None:
+            self.forward = self.dist.wrap(self.model, next(self.model.parameters()).device)
         if resume is not None and "optimizer" in resume:
             self.optimizer.load_state_dict(resume["optimizer"])
             self.scheduler.load_state_dict(resume["scheduler"])
@@ -183,28 +246,39 @@ class _Loop:
         sums: dict[str, float] = {}
         count = 0
         while self.batch < self.steps_per_epoch:
+            stop = self.stop.requested if self.dist is None else self.dist.any(self.stop.requested)
+            if stop:
+                raise KeyboardInterrupt
             x = self.data[order[self.batch * cfg.batch_size : (self.batch + 1) * cfg.batch_size]]
+            if self.dist is not None:
+                x = self.dist.shard(x)
+            self.in_step = True
             if self.batch_transform is not None:
                 x = self.batch_transform(x)
-            loss, logs = self.model.loss(x, phase)
+            loss, logs = self.forward(x, phase)
             self.optimizer.zero_grad(set_to_none=True)
-            if not torch.isfinite(loss):
+            finite = bool(torch.isfinite(loss)) if self.dist is None else not self.dist.any(not torch.isfinite(loss))
+            if finite:
+                loss.backward()
+                if cfg.grad_clip is not None:
+                    params = [p for g in self.optimizer.param_groups for p in g["params"]]
+                    # A finite loss can still have inf/NaN gradients; stepping on them would ruin the weights.
+                    finite = bool(torch.isfinite(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)))
+            if not finite:
                 self.batch += 1
                 self.nonfinite += 1
+                self.in_step = False
                 if self.nonfinite > cfg.max_nonfinite_steps:
                     raise TrainingDiverged(
                         f"training stopped: {self.nonfinite} non-finite losses (phase {phase}, epoch "
                         f"{self.epoch + 1}); the last good checkpoint is kept; try a lower train.lr"
                     )
                 continue
-            loss.backward()
-            if cfg.grad_clip is not None:
-                params = [p for g in self.optimizer.param_groups for p in g["params"]]
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             self.optimizer.step()
             self.scheduler.step()
             self.step += 1
             self.batch += 1
+            self.in_step = False
             logs = {"loss": loss.item(), **logs}
             for key, value in logs.items():
                 sums[key] = sums.get(key, 0.0) + value
@@ -214,6 +288,9 @@ class _Loop:
                 self.checkpoint()
         record = {"phase": phase, "epoch": self.epoch + 1, "step": self.step}
         record["lr"] = self.scheduler.get_last_lr()[0]
-        record.update({k: v / max(count, 1) for k, v in sums.items()})
+        if self.dist is not None:
+            record.update(self.dist.mean(sums, count))
+        else:
+            record.update({k: v / max(count, 1) for k, v in sums.items()})
         record["nonfinite_steps"] = self.nonfinite
         self.monitor.epoch_end(record)
