@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..flows.builders import InnerKind, LinearKind, coupling_flow, inner_flow
+from ..flows.image import image_flow
 from ..jacobian import batched_jacobian, logdet_gram
 from ..registry import MODELS
 from .base import Model, standard_normal_log_prob, variant
@@ -52,6 +53,9 @@ class ManifoldFlow(Model):
         reconstruction_weight: float = 1.0,
         latent_l2_weight: float = 0.0,
         schedule: Schedule = "joint",
+        architecture: Literal["dense", "image"] = "dense",
+        levels: int = 4,
+        channel_factor: int = 1,
     ) -> None:
         super().__init__()
         self.data_shape = tuple(data_shape)
@@ -69,7 +73,14 @@ class ManifoldFlow(Model):
             linear=linear_transform, num_bins=spline_bins, tail_bound=spline_range,
             hidden_features=hidden_features, num_blocks=num_blocks, dropout=dropout,
         )
-        self.outer = coupling_flow(self.data_dim, outer_layers, kind=outer_transform, **common)
+        if architecture == "image":  # multi-scale conv flow on (C, H, W) data, see flows/image.py
+            self.outer = image_flow(
+                self.data_shape, outer_layers, levels=levels, hidden_channels=hidden_features, num_blocks=num_blocks,
+                num_bins=spline_bins, tail_bound=spline_range, dropout=dropout, channel_factor=channel_factor,
+                latent_dim=latent_dim,
+            )
+        else:
+            self.outer = coupling_flow(self.data_dim, outer_layers, kind=outer_transform, **common)
         self.inner = inner_flow(latent_dim, inner_layers, kind=inner_transform, **common)
         self._alternate = 0
 
