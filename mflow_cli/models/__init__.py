@@ -2,5 +2,7 @@
 
 from . import manifold_flow  # noqa: F401
 from .base import Model, variant
+from .infomax_vae import InfoMaxVAE  # noqa: F401
+from .pae import ProbabilisticAutoEncoder  # noqa: F401
 
 __all__ = ["Model", "variant"]
