@@ -1,6 +1,10 @@
 """Datasets register themselves by name in :data:`mflow_cli.registry.DATASETS` on import."""
 
-from . import spiral  # noqa: F401
+from . import (
+    circle,  # noqa: F401
+    sphere,  # noqa: F401
+    spiral,  # noqa: F401
+)
 from .base import Dataset, Simulator
 from .images import ImageManifold  # noqa: F401
 
