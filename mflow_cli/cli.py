@@ -83,10 +83,17 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's checkpoint."),
     force: bool = typer.Option(False, "--force", help="Start over in a folder that already holds a run."),
 ) -> None:
-    """Train a model; writes model.pt, checkpoint.pt, metrics.jsonl and recipe.yaml into the run folder."""
+    """Train a model; writes model.pt, checkpoint.pt, metrics.jsonl and recipe.yaml into the run folder.
+
+    Ctrl-C or SIGTERM saves a checkpoint at the next step and exits (130); --resume continues. Under
+    torchrun (e.g. torchrun --nproc_per_node 4 -m mflow_cli train R.yaml) it trains with
+    DistributedDataParallel; only rank 0 prints and writes.
+    """
+    from .distributed import rank
     from .recipe import load_recipe
     from .runs import train_run
 
+    console.quiet = rank() > 0
     spec = load_recipe(recipe, set_)
     out_dir = out or Path("runs") / spec.name
     console.print(f"[bold]mflow train[/] {spec.name}: {spec.model['kind']} on {spec.data['name']} -> {out_dir}")

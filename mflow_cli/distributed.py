@@ -90,6 +90,11 @@ class Distributed:
     def barrier(self) -> None:
         dist.barrier()
 
+    def close(self) -> None:
+        """Wait for every rank (rank 0 has written the run), then leave the process group."""
+        dist.barrier()
+        dist.destroy_process_group()
+
     def _comm_device(self) -> torch.device:
         return torch.device("cuda", self.local_rank) if dist.get_backend() == "nccl" else torch.device("cpu")
 

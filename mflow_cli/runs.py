@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from . import io
+from . import distributed, io
 from .datasets.base import Dataset
 from .errors import MflowError
 from .models.base import Model
@@ -89,9 +89,18 @@ def train_run(
     force: bool = False,
     monitor: TrainingMonitor | None = None,
 ) -> Path:
-    """Train the recipe's model into ``out_dir``; with ``resume``, continue from its checkpoint."""
+    """Train the recipe's model into ``out_dir``; with ``resume``, continue from its checkpoint.
+
+    Under ``torchrun`` (WORLD_SIZE > 1) every rank trains its shard under DistributedDataParallel and
+    only rank 0 writes into ``out_dir`` (a folder all ranks can read, for ``--resume``).
+    """
     out_dir = Path(out_dir)
     ckpt_path = out_dir / CHECKPOINT_FILE
+    device = pick_device(recipe)
+    dist = distributed.from_env(device)
+    main = dist is None or dist.is_main
+    if dist is not None:
+        device = dist.device(device)
     resume_state = None
     if resume:
         if not ckpt_path.is_file():
@@ -100,24 +109,29 @@ def train_run(
         saved = resume_state.get("recipe")
         if not isinstance(saved, dict) or _comparable(saved) != _comparable(recipe.to_dict()):
             raise MflowError(f"--resume: the recipe differs from the one {out_dir} was trained with")
-        io.truncate_jsonl(out_dir / METRICS_FILE, resume_state["step"])
+        if main:
+            io.truncate_jsonl(out_dir / METRICS_FILE, resume_state["step"])
     elif (out_dir / MODEL_FILE).exists() or ckpt_path.exists():
         if not force:
             raise MflowError(f"{out_dir} already holds a run; pass --resume to continue or --force to start over")
-        for name in (MODEL_FILE, CHECKPOINT_FILE, METRICS_FILE):
+        for name in (MODEL_FILE, CHECKPOINT_FILE, METRICS_FILE) if main else ():
             (out_dir / name).unlink(missing_ok=True)
+    if dist is not None:
+        dist.barrier()  # every rank has read the folder before rank 0 writes into it
 
     dataset = build_dataset(recipe)
     data = dataset.train_data()
     shape = tuple(data.shape[1:])
     set_threads(recipe, shape)
-    device = pick_device(recipe)
     torch.manual_seed(recipe.seed)
     model = build_model(recipe, shape).to(device)
+    if dist is not None:
+        dist.reseed(recipe.seed, 0)
     if resume_state is not None:
         model.load_state_dict(resume_state["model"])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    io.write_yaml(recipe.to_dict(), out_dir / RECIPE_FILE)
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        io.write_yaml(recipe.to_dict(), out_dir / RECIPE_FILE)
 
     def save_checkpoint(state: dict) -> None:
         io.save_torch({**state, "recipe": recipe.to_dict(), "data_shape": list(shape)}, ckpt_path)
@@ -128,11 +142,15 @@ def train_run(
         TrainConfig(**recipe.train),
         seed=recipe.seed,
         resume_state=resume_state,
-        save_checkpoint=save_checkpoint,
-        monitor=_RunMonitor(out_dir / METRICS_FILE, monitor),
+        save_checkpoint=save_checkpoint if main else None,
+        monitor=_RunMonitor(out_dir / METRICS_FILE, monitor) if main else monitor,
         batch_transform=dataset.batch_transform,
+        dist=dist,
     )
-    save_model(model, recipe, shape, out_dir / MODEL_FILE)
+    if main:
+        save_model(model, recipe, shape, out_dir / MODEL_FILE)
+    if dist is not None:
+        dist.close()
     return out_dir
 
 
