@@ -66,6 +66,10 @@ def evaluate_manifold(
     ``ambient_grid_size``² points over [−limit, limit]² (2-D data only) time the on-manifold density
     on the grid the research code used (its 10,000-point spiral grid).
     """
+    if getattr(dataset, "is_image", False):  # image manifolds: see metrics/images.py
+        from .images import evaluate_images
+
+        return evaluate_images(model, dataset, batch_size=min(batch_size, 100), n_samples=n_samples, seed=seed)
     torch.manual_seed(seed)
     test = dataset.test_data().reshape(len(dataset.test_data()), -1)
     log_p, proj = manifold_log_prob(model, test, batch_size)

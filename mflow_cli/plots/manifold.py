@@ -23,6 +23,10 @@ def plot_manifold(
     grid_limit: float = 4.0,
     seed: int = 0,
 ) -> list[Path]:
+    if getattr(dataset, "is_image", False):  # image manifolds: see plots/images.py
+        from .images import plot_images
+
+        return plot_images(model, dataset, records, out_dir, n_samples=n_samples, seed=seed)
     plt = pyplot()
     paths = [training_curves(records, out_dir / "training_curves.png")]
     torch.manual_seed(seed)
