@@ -111,7 +111,8 @@ def load_image_files(path: str, n_test: int) -> tuple[torch.Tensor, torch.Tensor
             raise MflowError(f"{root}: holds {len(data)} images, not more than data.n_test={n_test}")
         return data[:-n_test], data[-n_test:]
     if not root.is_dir():
-        raise MflowError(f"image data not found at {root}: expected {expected_files(str(root))}")
+        where = f"{root} ({root.resolve()})" if not root.is_absolute() else str(root)
+        raise MflowError(f"image data not found at {where}: expected {expected_files(str(root))}")
     splits = {}
     for split in ("train", "test"):
         found = [root / pattern.format(split=split) for pattern in ARRAY_NAMES]
