@@ -4,6 +4,7 @@ from . import (
     circle,  # noqa: F401
     sphere,  # noqa: F401
     spiral,  # noqa: F401
+    toy3d,  # noqa: F401
 )
 from .base import Dataset, Simulator
 from .images import ImageManifold  # noqa: F401

@@ -1,3 +1,6 @@
 """Plotters, one per model family, registered in :data:`mflow_cli.registry.PLOTTERS`."""
 
-from . import manifold  # noqa: F401
+from . import (
+    manifold,  # noqa: F401
+    vq_flow,  # noqa: F401
+)

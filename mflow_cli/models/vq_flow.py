@@ -1,0 +1,224 @@
+"""VQ-Flow: an atlas of normalizing flows whose chart centres a vector-quantized autoencoder learns.
+
+Charts (VQ-Flow paper): a VQ autoencoder gives d_k(x) = ‖E(x) − v_k‖; with d̃_1 ≤ … ≤ d̃_K sorted,
+x ∈ U_k when d_k(x) < (1 + ε)·d̃_m(x) (``m``, ``epsilon``). Chart maps g_k = c_k ∘ h_k⁻¹ : R^d -> R^D,
+f_k = h_k ∘ c_k† its inverse on the chart: h_k is a RealNVP or MAF flow conditioned on v_k (weights shared
+by all charts) and c_k a conformal dimension-raising map conditioned on v_k (an invertible similarity
+when d = D). The density (paper eq. 2) is
+
+    p(x) = Σ_{k: x ∈ U_k} p_k · |det(J f_k J f_kᵀ)|^{1/2} · q(f_k(x)),
+
+with learned chart weights p_k = softmax(logits). For d = D the factor is |det J f_k|, read off the
+flow; for d < D it is computed as written, from the (d × D) Jacobian of f_k at x in
+one batched forward-mode pass of f_k (:mod:`mflow_cli.jacobian`) or, with ``thin_logdet: conformal``, in
+closed form (c_k is conformal, so it is log|det J_h| − d·log s_k). Every (point, member chart) pair is
+evaluated in one batch; no loops over samples.
+
+Training has two phases: ``vq`` (the autoencoder and codebook) and ``flow`` (the chart flows, conformal
+maps and chart weights on −log p(x), with the VQ part fixed). With ``num_charts: 1`` there is no VQ phase
+and the model is a classic flow (the baseline recipes ``realnvp_*``, ``maf_*``).
+
+Sampling: k ~ p(k), z ~ q, x = g_k(z). Inference: p(k|x) ∝ p_k p_k(x) over member charts; stochastic
+(k ~ p(k|x), z = f_k(x)) and deterministic (z = Σ_k p(k|x) f_k(x)).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ..flows.conditional import FlowKind, conditional_flow
+from ..flows.conformal import ConditionalConformalEmbedding
+from ..jacobian import batched_jacobian, logdet_gram
+from ..registry import MODELS
+from .base import Model, standard_normal_log_prob, variant
+from .vq_autoencoder import VQAutoencoder
+
+ThinLogdet = Literal["jacobian", "conformal"]
+
+
+def chart_membership(distances: torch.Tensor, m: int, epsilon: float) -> torch.Tensor:
+    """Boolean (B, K): d_k(x) < (1 + ε)·d̃_m(x), the m-th smallest distance (paper, "The chart regions").
+
+    The nearest chart is always a member, so every x has a chart even when ε = 0 or d̃_m = 0.
+    """
+    k = distances.shape[1]
+    if not 1 <= m <= k:
+        raise ValueError(f"m must be in 1..{k}")
+    d_m = distances.sort(dim=1).values[:, m - 1 : m]
+    nearest = nn.functional.one_hot(distances.argmin(1), k).bool()
+    return (distances < (1 + epsilon) * d_m) | nearest
+
+
+class VQFlow(Model):
+    """K charts, each a context-conditioned flow + conformal map; chart centres from a VQ autoencoder."""
+
+    family = "vq_flow"
+
+    def __init__(
+        self,
+        data_shape: tuple[int, ...],
+        num_charts: int = 8,
+        latent_dim: int | None = None,
+        m: int = 1,
+        epsilon: float = 0.2,
+        flow: FlowKind = "realnvp",
+        layers: int = 6,
+        hidden_features: int = 64,
+        num_blocks: int = 2,
+        dropout: float = 0.0,
+        num_householder: int = 2,
+        thin_logdet: ThinLogdet = "jacobian",
+        centre_offset: bool = True,
+        code_dim: int = 2,
+        vq_hidden_features: int = 64,
+        vq_hidden_layers: int = 2,
+        commitment: float = 0.25,
+        restart_threshold: float = 0.03,
+    ) -> None:
+        super().__init__()
+        self.data_shape = tuple(data_shape)
+        self.data_dim = int(torch.Size(self.data_shape).numel())
+        self.latent_dim = self.data_dim if latent_dim is None else latent_dim
+        if not 1 <= self.latent_dim <= self.data_dim:
+            raise ValueError(f"latent_dim must be in 1..{self.data_dim}")
+        if num_charts < 1:
+            raise ValueError("num_charts must be >= 1")
+        self.num_charts, self.m, self.epsilon = num_charts, min(m, num_charts), epsilon
+        self.thin_logdet, self.centre_offset = thin_logdet, centre_offset and num_charts > 1
+        self.vq = VQAutoencoder(
+            self.data_dim, num_charts, code_dim=code_dim, hidden_features=vq_hidden_features,
+            hidden_layers=vq_hidden_layers, commitment=commitment, restart_threshold=restart_threshold,
+        )
+        self.flow = conditional_flow(
+            self.latent_dim, layers, code_dim, kind=flow, hidden_features=hidden_features, num_blocks=num_blocks,
+            dropout=dropout,
+        )
+        self.conformal = ConditionalConformalEmbedding(self.latent_dim, self.data_dim, code_dim, num_householder)
+        self.chart_logits = nn.Parameter(torch.zeros(num_charts))
+
+    # ------------------------------------------------------------------ phases
+    @classmethod
+    def phase_names(cls, **config) -> list[str]:
+        num_charts = config.get("num_charts", inspect.signature(cls).parameters["num_charts"].default)
+        return ["vq", "flow"] if num_charts > 1 else ["flow"]
+
+    def phases(self) -> list[str]:
+        return self.phase_names(num_charts=self.num_charts)
+
+    def phase_parameters(self, phase: str):
+        if phase == "vq":
+            return self.vq.parameters()
+        return [*self.flow.parameters(), *self.conformal.parameters(), self.chart_logits]
+
+    # ------------------------------------------------------------------ charts
+    def log_chart_weights(self) -> torch.Tensor:
+        """log p_k (K,)."""
+        return torch.log_softmax(self.chart_logits, 0)
+
+    def membership(self, x: torch.Tensor) -> torch.Tensor:
+        """x ∈ U_k as a boolean (B, K) (for K = 1: every x is in the one chart)."""
+        if self.num_charts == 1:
+            return torch.ones(x.shape[0], 1, dtype=torch.bool, device=x.device)
+        with torch.no_grad():
+            return chart_membership(self.vq.distances(x), self.m, self.epsilon)
+
+    def _chart_inputs(self, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        context = self.vq.codebook.detach()[k]
+        offset = self.vq.centres().detach()[k] if self.centre_offset else None
+        return context, offset
+
+    def generate(self, z: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """g_k(z) = c_k(h_k⁻¹(z)) for rows z (P, d) with chart indices k (P,): points (P, D)."""
+        context, offset = self._chart_inputs(k)
+        u, _ = self.flow.inverse(z, context=context)
+        return self.conformal(u, context, offset)[0]
+
+    def chart_log_density(self, x: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """z = f_k(x) (P, d) and log |det(J f_k J f_kᵀ)|^{1/2} q(f_k(x)) (P,) for pairs of rows x (P, D), k (P,)."""
+        context, offset = self._chart_inputs(k)
+        u, half_logdet_c = self.conformal.project(x, context, offset)
+        z, logdet_h = self.flow(u, context=context)
+        if self.latent_dim < self.data_dim and self.thin_logdet == "jacobian":
+            # paper eq. 2 as written: ½ log det(J_f J_fᵀ) from the (d × D) Jacobian of f_k at x
+            ctx_rep = context.repeat_interleave(self.data_dim, 0)
+            off_rep = None if offset is None else offset.repeat_interleave(self.data_dim, 0)
+
+            def f(xx: torch.Tensor) -> torch.Tensor:
+                return self.flow(self.conformal.project(xx, ctx_rep, off_rep)[0], context=ctx_rep)[0]
+
+            _, jac = batched_jacobian(f, x)  # (P, d, D)
+            log_vol = 0.5 * logdet_gram(jac.transpose(1, 2))
+        else:  # |det J f| = |det J h| / s^d (d = D), or the conformal closed form (d < D)
+            log_vol = logdet_h - half_logdet_c
+        return z, standard_normal_log_prob(z) + log_vol
+
+    def chart_table(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """log p_k + log p_k(x) as (B, K), −inf where x ∉ U_k; with the member pairs (b, k) and their z."""
+        x = x.reshape(x.shape[0], -1)
+        b, k = self.membership(x).nonzero(as_tuple=True)
+        z, log_pk = self.chart_log_density(x[b], k)
+        table = x.new_full((x.shape[0], self.num_charts), float("-inf"))
+        table = table.index_put((b, k), log_pk + self.log_chart_weights()[k])
+        return table, b, k, z
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log p(x) (B,), paper eq. 2."""
+        return torch.logsumexp(self.chart_table(x)[0], dim=1)
+
+    # ------------------------------------------------------------------ training
+    def loss(self, x: torch.Tensor, phase: str) -> tuple[torch.Tensor, dict[str, float]]:
+        x = x.reshape(x.shape[0], -1)
+        if phase == "vq":
+            return self.vq.loss(x)
+        nll = -self.log_prob(x).mean()
+        return nll, {"nll": nll.item()}
+
+    # ------------------------------------------------------------------ inference
+    def _device(self) -> torch.device:
+        return self.chart_logits.device
+
+    def sample_charts(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """k ~ p(k), z ~ q, x = g_k(z): returns x (n, D), k (n,), z (n, d)."""
+        k = torch.multinomial(self.log_chart_weights().exp(), n, replacement=True)
+        z = torch.randn(n, self.latent_dim, device=self._device(), dtype=self.chart_logits.dtype)
+        return self.generate(z, k), k, z
+
+    @torch.no_grad()
+    def sample(self, n: int) -> torch.Tensor:
+        return self.sample_charts(n)[0].reshape(n, *self.data_shape)
+
+    @torch.no_grad()
+    def chart_mass(self, n: int) -> float:
+        """Monte-Carlo estimate of ∫ p(x) dx = Σ_k p_k P_z(g_k(z) ∈ U_k) (at most 1; 1 when charts cover)."""
+        x, k, _ = self.sample_charts(n)
+        return float(self.membership(x)[torch.arange(n), k].float().mean())
+
+    def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Chart posterior p(k|x), the MAP and a sampled chart, deterministic and stochastic latents."""
+        with torch.no_grad():
+            table, b, k, z = self.chart_table(x)
+            log_p = torch.logsumexp(table, dim=1)
+            post = torch.exp(table - log_p[:, None])
+            post = torch.where(torch.isfinite(post), post, torch.zeros_like(post))
+            z_all = z.new_zeros(x.shape[0], self.num_charts, self.latent_dim).index_put((b, k), z)
+            sampled = torch.multinomial(post.clamp_min(0) + 1e-30 * (post.sum(1, keepdim=True) == 0), 1)[:, 0]
+            rows = torch.arange(x.shape[0], device=x.device)
+            return {
+                "latents": (post[:, :, None] * z_all).sum(1),
+                "latents_stochastic": z_all[rows, sampled],
+                "chart": sampled.float(),
+                "chart_map": post.argmax(1).float(),
+                "chart_posterior": post,
+                "log_prob": log_p,
+            }
+
+
+ClassicFlow = MODELS.register("classic_flow")(
+    variant(VQFlow, "ClassicFlow", "A classic flow (RealNVP or MAF): VQ-Flow with one chart and no VQ phase.",
+            num_charts=1)
+)
+MODELS.register("vq_flow")(VQFlow)

@@ -1,0 +1,233 @@
+"""VQ-Flow: chart rule, atlas density (paper eq. 2), conformal maps, VQ autoencoder, toy 3-D data, FID."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from mflow_cli.datasets.toy3d import Toy3D, distance_to_support, sample_support
+from mflow_cli.flows.conformal import ConditionalConformalEmbedding
+from mflow_cli.metrics.fid import frechet_distance
+from mflow_cli.models.base import standard_normal_log_prob
+from mflow_cli.models.vq_autoencoder import VQAutoencoder
+from mflow_cli.models.vq_flow import ClassicFlow, VQFlow, chart_membership
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def _perturb(model: torch.nn.Module, scale: float = 0.3) -> None:
+    """Move every weight off its (often identity) initialisation, so parity tests see a generic map."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn_like(p))
+
+
+# --------------------------------------------------------------------------- chart rule
+@pytest.mark.parametrize("m,eps", [(1, 0.0), (1, 0.3), (2, 0.1), (3, 0.5)])
+def test_chart_membership_follows_the_epsilon_rule(m, eps):
+    d = torch.rand(200, 6) * 3
+    mask = chart_membership(d, m, eps)
+    for i in range(d.shape[0]):
+        dm = sorted(d[i].tolist())[m - 1]
+        nearest = int(d[i].argmin())
+        for k in range(d.shape[1]):
+            expected = float(d[i, k]) < (1 + eps) * dm or k == nearest
+            assert bool(mask[i, k]) == expected
+    if eps > 0:  # the m nearest charts are always members
+        assert (mask.sum(1) >= m).all()
+
+
+def test_model_membership_uses_encoder_distances():
+    model = VQFlow((3,), num_charts=5, m=2, epsilon=0.25)
+    x = torch.randn(50, 3)
+    d = torch.cdist(model.vq.encoder(x), model.vq.codebook).detach()
+    assert torch.equal(model.membership(x), chart_membership(d, 2, 0.25))
+
+
+# --------------------------------------------------------------------------- density
+def test_one_chart_without_dimension_change_is_the_plain_flow_density():
+    """K = 1, d = D: log p(x) = log q(f(x)) + log|det ∂f/∂x| with the Jacobian by brute force (float64)."""
+    model = ClassicFlow((3,), layers=4, hidden_features=16).double()
+    _perturb(model.conformal, 0.2)
+    _perturb(model.flow, 0.05)
+    x = torch.randn(20, 3, dtype=torch.float64)
+    k = torch.zeros(1, dtype=torch.long)
+
+    def f(xi: torch.Tensor) -> torch.Tensor:
+        context, offset = model._chart_inputs(k)
+        u, _ = model.conformal.project(xi[None], context, offset)
+        return model.flow(u, context=context)[0][0]
+
+    ref = torch.stack(
+        [standard_normal_log_prob(f(xi)) + torch.linalg.slogdet(torch.autograd.functional.jacobian(f, xi))[1]
+         for xi in x]
+    )
+    with torch.no_grad():
+        got = model.log_prob(x)
+    assert torch.allclose(got, ref, atol=1e-9)
+    assert model.phases() == ["flow"]
+
+
+@pytest.mark.parametrize("flow", ["realnvp", "maf"])
+def test_thin_chart_density_jacobian_equals_conformal_closed_form(flow):
+    """d < D: ½ log det(J_f J_fᵀ) from the batched Jacobian = log|det J_h| − d log s (conformal c)."""
+    kw = dict(num_charts=3, m=3, epsilon=0.5, latent_dim=2, flow=flow, layers=3, hidden_features=16)
+    jac = VQFlow((4,), thin_logdet="jacobian", **kw).double()
+    _perturb(jac, 0.1)
+    closed = VQFlow((4,), thin_logdet="conformal", **kw).double()
+    closed.load_state_dict(jac.state_dict())
+    x = torch.randn(30, 4, dtype=torch.float64)
+    with torch.no_grad():
+        a, b = jac.log_prob(x), closed.log_prob(x)
+    assert torch.allclose(a, b, atol=1e-8)
+
+
+def test_thin_chart_density_on_the_chart_image_matches_brute_force_gram():
+    """At x = g_k(z): log p_k(x) = log q(z) − ½ log det(J_gᵀ J_g), J_g by reverse-mode autograd per point."""
+    model = VQFlow((3,), num_charts=2, latent_dim=2, layers=3, hidden_features=16).double()
+    _perturb(model, 0.1)
+    z = torch.randn(10, 2, dtype=torch.float64)
+    k = torch.tensor([0, 1] * 5)
+    with torch.no_grad():
+        x = model.generate(z, k)
+        z_back, log_pk = model.chart_log_density(x, k)
+    assert torch.allclose(z_back, z, atol=1e-8)
+    for i in range(len(z)):
+        jg = torch.autograd.functional.jacobian(lambda zz, i=i: model.generate(zz[None], k[i : i + 1])[0], z[i])
+        ref = standard_normal_log_prob(z[i]) - 0.5 * torch.logdet(jg.T @ jg)
+        assert torch.allclose(log_pk[i], ref, atol=1e-8)
+
+
+def _grid(limit: float, n: int) -> tuple[torch.Tensor, float]:
+    axis = torch.linspace(-limit, limit, n, dtype=torch.float64)
+    xx, yy = torch.meshgrid(axis, axis, indexing="xy")
+    return torch.stack([xx.reshape(-1), yy.reshape(-1)], 1), float(axis[1] - axis[0]) ** 2
+
+
+def test_atlas_density_integrates_to_one_on_a_2d_grid_when_every_chart_covers():
+    """m = K: every x is in every chart, so p(x) is a mixture of flow densities: ∫ p = 1 (grid quadrature)."""
+    model = VQFlow((2,), num_charts=3, m=3, epsilon=0.1, layers=3, hidden_features=16).double()
+    _perturb(model.flow, 0.05)
+    with torch.no_grad():
+        model.chart_logits.copy_(torch.tensor([0.3, -0.5, 0.1]))
+        x, cell = _grid(8.0, 241)
+        mass = float(torch.exp(model.log_prob(x)).sum() * cell)
+    assert abs(mass - 1.0) < 0.01
+
+
+def test_atlas_density_with_disjointish_charts_integrates_to_its_monte_carlo_mass():
+    """m = 1: each chart keeps only its region; ∫ p = Σ_k p_k P(g_k(z) ∈ U_k) (grid vs Monte Carlo)."""
+    model = VQFlow((2,), num_charts=3, m=1, epsilon=0.3, layers=3, hidden_features=16).double()
+    _perturb(model.flow, 0.05)
+    with torch.no_grad():
+        x, cell = _grid(8.0, 241)
+        mass = float(torch.exp(model.log_prob(x)).sum() * cell)
+        mc = model.chart_mass(40000)
+    assert 0.05 < mass < 0.999
+    assert abs(mass - mc) < 0.015
+
+
+def test_sampling_round_trip_and_encode_outputs():
+    model = VQFlow((3,), num_charts=4, m=2, epsilon=0.2, layers=3, hidden_features=16).double()
+    _perturb(model.flow, 0.05)
+    with torch.no_grad():
+        x, k, z = model.sample_charts(64)
+        z_back, _ = model.chart_log_density(x, k)
+        out = model.encode(x)
+    assert torch.allclose(z_back, z, atol=1e-8)
+    n = len(x)
+    assert all(v.shape[0] == n for v in out.values())
+    post = out["chart_posterior"]
+    assert torch.allclose(post.sum(1), torch.ones(n, dtype=post.dtype))
+    assert ((post > 0) <= model.membership(x)).all()
+    table, b, kk, zz = model.chart_table(x)
+    z_all = torch.zeros(n, 4, 3, dtype=torch.float64)
+    z_all[b, kk] = zz
+    assert torch.allclose(out["latents"], (post[:, :, None] * z_all).sum(1))
+    rows = torch.arange(n)
+    assert torch.allclose(out["latents_stochastic"], z_all[rows, out["chart"].long()])
+    assert (post[rows, out["chart"].long()] > 0).all()
+    assert torch.allclose(out["log_prob"], model.log_prob(x))
+
+
+def test_flow_loss_trains_the_charts_not_the_autoencoder():
+    model = VQFlow((3,), num_charts=3, layers=2, hidden_features=8)
+    x = torch.randn(32, 3)
+    loss, logs = model.loss(x, "flow")
+    loss.backward()
+    assert math.isclose(logs["nll"], float(-model.log_prob(x).mean()), rel_tol=1e-5)
+    assert all(p.grad is None for p in model.vq.parameters())
+    assert model.chart_logits.grad is not None and model.chart_logits.grad.abs().sum() > 0
+    assert model.phases() == ["vq", "flow"]
+
+
+# --------------------------------------------------------------------------- parts
+def test_conformal_embedding_is_a_similarity_with_left_inverse():
+    c = ConditionalConformalEmbedding(2, 5, context_features=3, num_householder=3).double()
+    _perturb(c, 0.5)
+    u = torch.randn(7, 2, dtype=torch.float64)
+    ctx = torch.randn(7, 3, dtype=torch.float64)
+    x, half = c(u, ctx)
+    u_back, half2 = c.project(x, ctx)
+    assert torch.allclose(u_back, u, atol=1e-10) and torch.allclose(half, half2)
+    for i in range(7):
+        jac = torch.autograd.functional.jacobian(lambda uu, i=i: c(uu[None], ctx[i : i + 1])[0][0], u[i])
+        s2 = torch.exp(half[i])  # half = d log s with d = 2
+        assert torch.allclose(jac.T @ jac, s2 * torch.eye(2, dtype=torch.float64), atol=1e-10)
+
+
+def test_vq_autoencoder_straight_through_and_dead_code_restart():
+    vq = VQAutoencoder(3, num_codes=4, code_dim=2, restart_threshold=0.5, usage_decay=0.5)
+    x = torch.randn(64, 3)
+    loss, _ = vq.loss(x)
+    loss.backward()
+    # the reconstruction reaches the encoder through the straight-through estimator
+    assert vq.encoder[0].weight.grad.abs().sum() > 0 and vq.codebook.grad is not None
+    with torch.no_grad():
+        vq.codebook[3] = 1e3  # a code no encoding is near: dead
+    for _ in range(4):
+        vq.loss(x)
+    e = vq.encoder(x).detach()
+    assert vq.restarts >= 1
+    assert torch.cdist(vq.codebook[3:4].detach(), e).min() < 0.5
+
+
+# --------------------------------------------------------------------------- data and metrics
+@pytest.mark.parametrize("shape", ["linked_rings", "torus", "spheres"])
+def test_toy3d_samples_lie_on_the_support_and_distance_is_exact(shape):
+    gen = torch.Generator().manual_seed(0)
+    x = sample_support(shape, 2000, gen)
+    assert distance_to_support(shape, x).max() < 1e-12
+    # moving a support point along a random direction by t changes the distance by at most t
+    t = 0.01
+    moved = x + t * torch.nn.functional.normalize(torch.randn(x.shape, generator=gen, dtype=x.dtype), dim=1)
+    dist = distance_to_support(shape, moved)
+    assert (dist <= t + 1e-12).all() and dist.mean() > 0.2 * t
+    data = Toy3D(shape, n_train=100, n_test=50, noise=0.05)
+    assert data.train_data().shape == (100, 3) and data.test_data().dtype == torch.float32
+
+
+def test_toy3d_distance_known_points():
+    pts = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.5]], dtype=torch.float64)
+    # the origin lies on ring 2 (centre (1,0,0), xz-plane); (0,0,0.5) is sqrt(1.25) from its centre, in its plane
+    d = distance_to_support("linked_rings", pts)
+    assert abs(float(d[0])) < 1e-12
+    assert abs(float(d[1]) - (math.sqrt(1.25) - 1.0)) < 1e-12
+    torus = distance_to_support("torus", torch.tensor([[1.0, 0.0, 0.0], [2.0, 0.0, 0.0]], dtype=torch.float64))
+    assert torch.allclose(torus, torch.tensor([0.35, 0.65], dtype=torch.float64))
+
+
+def test_frechet_distance_equals_direct_scipy_computation():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(500, 6)), rng.normal(size=(400, 6)) @ rng.normal(size=(6, 6)) + 0.7
+    mu1, s1, mu2, s2 = a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)
+    ref = ((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real)
+    assert math.isclose(frechet_distance(mu1, s1, mu2, s2), ref, rel_tol=1e-8)
+    assert abs(frechet_distance(mu1, s1, mu1, s1)) < 1e-8
