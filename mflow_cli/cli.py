@@ -170,6 +170,38 @@ def plot(run_dir: Path = typer.Argument(..., help="Run folder written by mflow t
         console.print(f"wrote {path}")
 
 
+@app.command()
+def bench(
+    repeats: int = typer.Option(20, "--repeats", "-r", min=1, help="Timed calls per row (median reported)."),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", min=1, help="torch intra-op threads."),
+    quick: bool = typer.Option(False, "--quick", help="Tiny sizes (a smoke test, not a benchmark)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    flows: bool = typer.Option(True, "--flows/--no-flows", help="Also time the 9-step RQ coupling flows."),
+    info: bool = typer.Option(False, "--info", help="Only print which kernel path is active."),
+) -> None:
+    """Time the fused kernels against the pure-PyTorch reference path, side by side in one run."""
+    import torch
+
+    from .bench import run_bench
+    from .kernels import backend_info
+
+    console.print(f"mflow {__version__}: {backend_info()}; torch {torch.__version__}")
+    if info:
+        return
+    with console.status("benchmarking"):
+        rows = run_bench(repeats=repeats, threads=threads, quick=quick, device=device, flows=flows)
+    table = Table(title=f"fused vs reference ({device}, {torch.get_num_threads() if threads is None else threads} "
+                        f"thread(s), median of {repeats})")
+    for col in ("kernel", "size", "pass"):
+        table.add_column(col)
+    for col in ("reference ms", "fused ms", "speed-up", "max |Δ|"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(r.kernel, r.size, r.mode, f"{r.reference_ms:.3f}", f"{r.fused_ms:.3f}", f"{r.speedup:.2f}×",
+                      f"{r.max_abs_diff:.1e}")
+    console.print(table)
+
+
 def run() -> None:
     """Console-script entry point: turn :class:`MflowError` into one line and its exit code."""
     warnings.filterwarnings("ignore", module="nflows")

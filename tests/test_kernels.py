@@ -327,3 +327,36 @@ def test_backend_info_and_use_reference():
     with kernels.use_reference():
         assert not kernels.fused_enabled() and "reference" in kernels.backend_info()
     assert kernels.fused_enabled()
+
+
+# ---------------------------------------------------------------- mflow bench
+
+
+@needs_ext
+def test_bench_command_prints_every_row():
+    from typer.testing import CliRunner
+
+    from mflow_cli.cli import app
+
+    res = CliRunner().invoke(app, ["bench", "--quick", "-r", "1", "-t", "1"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "fused mflow_cli._C" in res.output
+    lines = res.output.splitlines()
+    for kernel, size in [("rq-spline coupling", "8×2"), ("affine coupling", "8×4"), ("log det(JᵀJ)", "4×5×2"),
+                         ("RQ coupling flow", "8×2")]:
+        rows = [ln for ln in lines if kernel in ln and size in ln]
+        assert len(rows) == 2 and "fwd " in rows[0] and "fwd+bwd" in rows[1], rows
+        cells = [c.strip() for c in rows[1].split("│") if c.strip()]
+        ref_ms, fused_ms, ratio, diff = float(cells[3]), float(cells[4]), float(cells[5].rstrip("×")), float(cells[6])
+        assert ref_ms > 0 and fused_ms > 0 and abs(ratio - ref_ms / fused_ms) <= 0.05 * ratio + 0.02
+        assert diff < 1e-3  # float32, the two paths agree
+
+
+def test_bench_info_names_the_active_path():
+    from typer.testing import CliRunner
+
+    from mflow_cli.cli import app
+
+    res = CliRunner().invoke(app, ["bench", "--info"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert kernels.backend_info() in res.output
