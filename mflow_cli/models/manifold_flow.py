@@ -10,6 +10,12 @@ h: R^d -> R^d models the density of u. Two densities follow:
 
 The DNF trains the ambient density on noise-inflated data x̃ = x + σε together with the denoising
 reconstruction loss ‖x − g(u(x̃))‖²; M-flow trains the manifold on reconstruction first, then h.
+
+Kinds (``model.kind``): ``ambient_flow`` (plain ambient flow, d = D, no projection), ``pie`` (ambient
+likelihood with a narrow off-manifold Gaussian), ``mflow`` (sequential), ``me_flow`` (M-flow with a
+separate encoder u = e(x), manifold and density trained jointly on reconstruction + the exact
+on-manifold likelihood), ``dnf``. Every kind takes ``schedule``: joint, sequential (manifold phase on
+reconstruction, then the density phase on h) or alternating (one batch each, in turn).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from nflows.nn.nets import ResidualNet
 
 from ..flows.builders import InnerKind, LinearKind, coupling_flow, inner_flow
 from ..flows.image import image_flow
@@ -36,7 +43,7 @@ class ManifoldFlow(Model):
     def __init__(
         self,
         data_shape: tuple[int, ...],
-        latent_dim: int = 1,
+        latent_dim: int | None = 1,
         outer_layers: int = 9,
         inner_layers: int = 1,
         outer_transform: Literal["rq-coupling", "affine-coupling"] = "rq-coupling",
@@ -56,10 +63,14 @@ class ManifoldFlow(Model):
         architecture: Literal["dense", "image"] = "dense",
         levels: int = 4,
         channel_factor: int = 1,
+        encoder: Literal["flow", "network"] = "flow",
+        encoder_blocks: int = 5,
+        encoder_hidden: int = 100,
     ) -> None:
         super().__init__()
         self.data_shape = tuple(data_shape)
         self.data_dim = int(torch.Size(self.data_shape).numel())
+        latent_dim = self.data_dim if latent_dim is None else latent_dim
         if not 1 <= latent_dim <= self.data_dim:
             raise ValueError(f"latent_dim must be in 1..{self.data_dim}")
         self.latent_dim = latent_dim
@@ -82,6 +93,11 @@ class ManifoldFlow(Model):
         else:
             self.outer = coupling_flow(self.data_dim, outer_layers, kind=outer_transform, **common)
         self.inner = inner_flow(latent_dim, inner_layers, kind=inner_transform, **common)
+        # Me-flow: u = e(x) from a separate residual network instead of the outer flow's first d outputs.
+        self.encoder = (
+            ResidualNet(self.data_dim, latent_dim, hidden_features=encoder_hidden, num_blocks=encoder_blocks)
+            if encoder == "network" else None
+        )
         self._alternate = 0
 
     # ------------------------------------------------------------------ schedule
@@ -94,8 +110,15 @@ class ManifoldFlow(Model):
     def phases(self) -> list[str]:
         return self.phase_names(self.schedule)
 
+    @property
+    def has_ambient_density(self) -> bool:
+        """Whether the model was trained on (and offers) a density in R^D: flow/PIE/DNF, joint schedule."""
+        return self.encoder is None and self.schedule == "joint"
+
     def phase_parameters(self, phase: str):
         if phase == "manifold":
+            if self.encoder is not None:
+                return [*self.outer.parameters(), *self.encoder.parameters()]
             return self.outer.parameters()
         if phase == "density":
             return self.inner.parameters()
@@ -113,6 +136,11 @@ class ManifoldFlow(Model):
         x, _ = self.outer.inverse(torch.cat([u, pad], dim=1))
         return x
 
+    def manifold_coordinates(self, x: torch.Tensor) -> torch.Tensor:
+        """u of each point: the encoder's output (Me-flow) or the outer flow's first d outputs."""
+        x = x.reshape(x.shape[0], -1)
+        return self.encoder(x) if self.encoder is not None else self.project(x)[0]
+
     def latent_log_prob(self, u: torch.Tensor) -> torch.Tensor:
         z, logdet = self.inner(u)
         return standard_normal_log_prob(z) + logdet
@@ -127,7 +155,7 @@ class ManifoldFlow(Model):
 
         Exact (M-flow eq. 3); J_g comes from one batched forward-mode pass (:mod:`mflow_cli.jacobian`).
         """
-        u, _, _ = self.project(x)
+        u = self.manifold_coordinates(x)
         x_proj, jac = batched_jacobian(self.decode, u)
         return self.latent_log_prob(u) - 0.5 * logdet_gram(jac), x_proj, u
 
@@ -143,33 +171,50 @@ class ManifoldFlow(Model):
         noisy = self._inflate(x)
         if phase == "density":
             with torch.no_grad():
-                u, _, _ = self.project(noisy)
+                u = self.manifold_coordinates(noisy)
             nll = -self.latent_log_prob(u).mean()
             return self.nll_weight * nll, {"nll_latent": nll.item()}
-        u, v, logdet = self.project(noisy)
-        mse = F.mse_loss(self.decode(u), x)
-        loss = self.reconstruction_weight * mse
-        logs = {"mse": mse.item()}
-        if phase == "joint":
-            log_p = self.latent_log_prob(u) + standard_normal_log_prob(v, self.off_manifold_std) + logdet
-            nll = -log_p.mean()
+        nll = None
+        need_recon = self.reconstruction_weight > 0 or phase == "manifold"
+        if self.encoder is not None:  # Me-flow: reconstruction through e, exact on-manifold likelihood
+            latents = u = self.encoder(noisy)
+            if phase == "joint":
+                recon, jac = batched_jacobian(self.decode, u)
+                nll = -(self.latent_log_prob(u) - 0.5 * logdet_gram(jac)).mean()
+            else:
+                recon = self.decode(u)
+        else:
+            u, v, logdet = self.project(noisy)
+            latents = torch.cat([u, v], 1)
+            # a plain flow (d = D) reconstructs exactly; PIE does not train on reconstruction
+            recon = self.decode(u) if need_recon and self.latent_dim < self.data_dim else None
+            if phase == "joint":
+                nll = -(self.latent_log_prob(u) + standard_normal_log_prob(v, self.off_manifold_std) + logdet).mean()
+        loss = x.new_zeros(())
+        logs = {}
+        if recon is not None and need_recon:
+            mse = F.mse_loss(recon, x)
+            loss = loss + self.reconstruction_weight * mse
+            logs["mse"] = mse.item()
+        if nll is not None:
             loss = loss + self.nll_weight * nll
             logs["nll"] = nll.item()
-        if self.latent_l2_weight > 0:
-            loss = loss + self.latent_l2_weight * v.pow(2).sum(-1).mean()
+        if self.latent_l2_weight > 0:  # the research code's uvl2reg: L2 on the latents after the outer map
+            loss = loss + self.latent_l2_weight * latents.pow(2).sum(-1).mean()
         return loss, logs
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
-        z = torch.randn(n, self.latent_dim, device=self._device())
+        ref = next(self.parameters())
+        z = torch.randn(n, self.latent_dim, device=ref.device, dtype=ref.dtype)
         u, _ = self.inner.inverse(z)
         return self.decode(u).reshape(n, *self.data_shape)
 
     def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         log_p, _, u = self.log_prob_manifold(x)
         out = {"latents": u.detach(), "log_prob": log_p.detach()}
-        if self.schedule == "joint":
+        if self.has_ambient_density:
             with torch.no_grad():
                 out["log_prob_ambient"] = self.log_prob_ambient(x)
         return out
@@ -188,5 +233,24 @@ MFlow = MODELS.register("mflow")(
     variant(
         ManifoldFlow, "MFlow", "M-flow: manifold on reconstruction, then the inner density (sequential).",
         noise_std=0.0, reconstruction_weight=1000.0, schedule="sequential",
+    )
+)
+AmbientFlow = MODELS.register("ambient_flow")(
+    variant(
+        ManifoldFlow, "AmbientFlow", "Plain ambient flow on R^D (latent dim = data dim): maximum likelihood.",
+        latent_dim=None, outer_layers=5, inner_layers=0, noise_std=0.0, reconstruction_weight=0.0, schedule="joint",
+    )
+)
+PIE = MODELS.register("pie")(
+    variant(
+        ManifoldFlow, "PIE", "PIE: ambient likelihood with a narrow Gaussian (std 0.01) off the manifold, no noise.",
+        noise_std=0.0, off_manifold_std=0.01, reconstruction_weight=0.0, schedule="joint",
+    )
+)
+MeFlow = MODELS.register("me_flow")(
+    variant(
+        ManifoldFlow, "MeFlow",
+        "Me-flow: separate encoder; manifold and density trained jointly (reconstruction + on-manifold NLL).",
+        encoder="network", noise_std=0.0, reconstruction_weight=1000.0, schedule="joint",
     )
 )
