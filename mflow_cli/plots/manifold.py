@@ -22,6 +22,7 @@ def plot_manifold(
     grid_size: int = 200,
     grid_limit: float = 4.0,
     seed: int = 0,
+    chart_grid_size: int = 60,
 ) -> list[Path]:
     if getattr(dataset, "is_image", False):  # image manifolds: see plots/images.py
         from .images import plot_images
@@ -44,7 +45,7 @@ def plot_manifold(
 
     if test.shape[1] == 2:
         grid = ambient_grid(grid_limit, grid_size)
-        ambient = getattr(model, "schedule", None) == "joint"
+        ambient = getattr(model, "has_ambient_density", False)
         log_p = ambient_log_prob(model, grid, 4096) if ambient else manifold_log_prob(model, grid, 4096)[0]
         fig, ax = plt.subplots(figsize=(5.5, 5))
         img = ax.imshow(
@@ -66,4 +67,40 @@ def plot_manifold(
         ax.set_ylabel("density on the manifold")
         ax.legend()
         paths.append(save(fig, out_dir / "density_on_manifold.png"))
+
+    if isinstance(dataset, Simulator) and dataset.manifold_dim == 2 and hasattr(dataset, "chart_grid"):
+        paths.extend(chart_figures(model, dataset, test, samples, out_dir, chart_grid_size))
     return [p for p in paths if p is not None]
+
+
+def chart_figures(model, dataset: Simulator, test, samples, out_dir: Path, size: int) -> list[Path]:
+    """Sphere-like 2-D manifolds: true vs learned density on the θ/φ map, and samples over data there."""
+    plt = pyplot()
+    grid = dataset.chart_grid(size)
+    log_q, _ = manifold_log_prob(model, grid.x.float(), 4096)
+    true = grid.log_p_manifold().exp().reshape(grid.shape).T.numpy()
+    learned = log_q.double().exp().reshape(grid.shape).T.numpy()
+    mass = float((log_q.double().exp() * grid.manifold_weights()).sum())
+    extent = (0, float(grid.axes[0][-1] + grid.widths[0] / 2), 0, float(grid.axes[1][-1] + grid.widths[1] / 2))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5), sharey=True)
+    vmax = max(true.max(), learned.max())
+    for ax, img, title in ((axes[0], true, "true density"), (axes[1], learned, f"learned density (mass {mass:.3f})")):
+        im = ax.imshow(img, origin="lower", extent=extent, aspect="auto", vmin=0, vmax=vmax, cmap="viridis")
+        ax.set_xlabel("θ (polar)")
+        ax.set_title(title)
+    axes[0].set_ylabel("φ (azimuth)")
+    fig.colorbar(im, ax=axes[1], label="density w.r.t. area")
+    paths = [save(fig, out_dir / "density_chart.png")]
+
+    data_a, model_a = dataset.angles(test), dataset.angles(samples)
+    fig, ax = plt.subplots(figsize=(6, 5))
+    ax.scatter(data_a[:, 0], data_a[:, 1], s=3, alpha=0.4, label="test data")
+    ax.scatter(model_a[:, 0], model_a[:, 1], s=3, alpha=0.4, label="model samples")
+    ax.set_xlim(extent[0], extent[1])
+    ax.set_ylim(extent[2], extent[3])
+    ax.set_xlabel("θ (polar)")
+    ax.set_ylabel("φ (azimuth)")
+    ax.legend(loc="upper right")
+    ax.set_title("samples over data on the θ/φ chart")
+    paths.append(save(fig, out_dir / "samples_chart.png"))
+    return paths
