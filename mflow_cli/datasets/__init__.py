@@ -2,6 +2,7 @@
 
 from . import (
     circle,  # noqa: F401
+    images_standard,  # noqa: F401
     sphere,  # noqa: F401
     spiral,  # noqa: F401
     toy3d,  # noqa: F401

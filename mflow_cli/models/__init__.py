@@ -1,6 +1,7 @@
 """Model families register their kinds in :data:`mflow_cli.registry.MODELS` on import."""
 
 from . import (
+    flow_vae,  # noqa: F401
     manifold_flow,  # noqa: F401
     vq_flow,  # noqa: F401
 )

