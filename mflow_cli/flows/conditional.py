@@ -7,7 +7,8 @@ context (VQ-Flow paper, "The chart maps"). Two kinds, as in the paper's MNIST ex
   residual nets, each preceded by a fixed permutation;
 - ``maf``: masked affine autoregressive layers (Papamakarios et al. 2017) with context-fed MADEs.
 
-Both put an (unconditional) LU-decomposed linear layer between steps, so the flow can mix features.
+Both put an (unconditional) permutation, by default followed by an LU-decomposed linear layer, between
+steps, so the flow can mix features. Scales are exp(bounded log-scale) (see :func:`bounded_log_scale`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from nflows import transforms as T
 from nflows.nn.nets import ResidualNet
 from nflows.utils import create_alternating_binary_mask
@@ -23,25 +23,44 @@ from torch import nn
 
 FlowKind = Literal["realnvp", "maf"]
 
-_SOFTPLUS_ONE = 0.5413248546129181  # softplus(x) = 1 at this x, so a zero-initialised net starts near identity
+LinearKind = Literal["lu", "permutation"]
 
 
-class SoftplusAffineCoupling(T.AffineCouplingTransform):
-    """nflows' affine coupling with scale = softplus(·) + 1e-3 instead of sigmoid(· + 2) + 1e-3.
+def bounded_log_scale(unconstrained: torch.Tensor, bound: float = 2.0) -> torch.Tensor:
+    """log-scale = bound·tanh(u / bound): 0 at u = 0 (identity start), |log-scale| < bound per layer.
 
-    nflows' sigmoid scale is below 1.001, so a coupling step can only contract in the data -> noise
-    direction; densities of thin, concentrated data need expansion there. Softplus (as nflows' MAF uses)
-    lets the scale grow without bound.
+    nflows' coupling scale sigmoid(u + 2) + 1e-3 is below 1.001, so a step can only contract in the data ->
+    noise direction (thin, concentrated data needs expansion there); its MAF's softplus scale is unbounded
+    and diverged on MNIST in the first steps. A bounded log-scale allows both directions and stays stable.
     """
+    return bound * torch.tanh(unconstrained / bound)
+
+
+class BoundedAffineCoupling(T.AffineCouplingTransform):
+    """nflows' affine coupling with scale = exp(:func:`bounded_log_scale`)."""
 
     def _scale_and_shift(self, transform_params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         unconstrained = transform_params[:, self.num_transform_features :, ...]
         shift = transform_params[:, : self.num_transform_features, ...]
-        return F.softplus(unconstrained + _SOFTPLUS_ONE) + 1e-3, shift
+        return torch.exp(bounded_log_scale(unconstrained)), shift
+
+
+class BoundedMaskedAffineAutoregressive(T.MaskedAffineAutoregressiveTransform):
+    """nflows' MAF layer with scale = exp(:func:`bounded_log_scale`)."""
+
+    def _elementwise_forward(self, inputs, autoregressive_params):
+        unconstrained, shift = self._unconstrained_scale_and_shift(autoregressive_params)
+        log_scale = bounded_log_scale(unconstrained)
+        return torch.exp(log_scale) * inputs + shift, log_scale.sum(-1)
+
+    def _elementwise_inverse(self, inputs, autoregressive_params):
+        unconstrained, shift = self._unconstrained_scale_and_shift(autoregressive_params)
+        log_scale = bounded_log_scale(unconstrained)
+        return (inputs - shift) * torch.exp(-log_scale), -log_scale.sum(-1)
 
 
 class ContextResidualNet(nn.Module):
-    """nflows' ResidualNet on [inputs, context] (concatenated).
+    """nflows' ResidualNet on [inputs, context] (concatenated), starting at output 0.
 
     nflows' own context path gates with ``F.glu``, whose forward-mode derivative has no backward in
     torch, so it cannot train through the batched Jacobian (:mod:`mflow_cli.jacobian`); this one can.
@@ -56,14 +75,20 @@ class ContextResidualNet(nn.Module):
             in_features + (context_features or 0), out_features, hidden_features=hidden_features,
             num_blocks=num_blocks, dropout_probability=dropout,
         )
+        # zero last layer: every coupling step starts as the identity (deep stacks on 784-D data otherwise
+        # compound their random shifts into z of order 1e4)
+        nn.init.zeros_(self.net.final_layer.weight)
+        nn.init.zeros_(self.net.final_layer.bias)
 
     def forward(self, inputs: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         return self.net(inputs if context is None else torch.cat([inputs, context], dim=1))
 
 
-def _linear(features: int) -> T.Transform:
+def _linear(features: int, kind: LinearKind) -> T.Transform:
     if features == 1:
         return T.IdentityTransform()
+    if kind == "permutation":  # for high dimensions: an LU layer costs O(D³) per pass
+        return T.RandomPermutation(features)
     return T.CompositeTransform([T.RandomPermutation(features), T.LULinear(features, identity_init=True)])
 
 
@@ -73,6 +98,7 @@ def conditional_flow(
     context_features: int | None,
     *,
     kind: FlowKind = "realnvp",
+    linear: LinearKind = "lu",
     hidden_features: int = 64,
     num_blocks: int = 2,
     dropout: float = 0.0,
@@ -89,16 +115,16 @@ def conditional_flow(
 
     steps: list[T.Transform] = []
     for i in range(layers):
-        steps.append(_linear(features))
+        steps.append(_linear(features, linear))
         if kind == "realnvp":
             mask = create_alternating_binary_mask(features, even=(i % 2 == 0))
-            steps.append(SoftplusAffineCoupling(mask=mask, transform_net_create_fn=net))
+            steps.append(BoundedAffineCoupling(mask=mask, transform_net_create_fn=net))
         else:
             steps.append(
-                T.MaskedAffineAutoregressiveTransform(
+                BoundedMaskedAffineAutoregressive(
                     features, hidden_features, context_features=context_features, num_blocks=num_blocks,
                     dropout_probability=dropout,
                 )
             )
-    steps.append(_linear(features))
+    steps.append(_linear(features, linear))
     return T.CompositeTransform(steps)

@@ -30,7 +30,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..flows.conditional import FlowKind, conditional_flow
+from ..flows.conditional import FlowKind, LinearKind, conditional_flow
 from ..flows.conformal import ConditionalConformalEmbedding
 from ..jacobian import batched_jacobian, logdet_gram
 from ..registry import MODELS
@@ -66,6 +66,7 @@ class VQFlow(Model):
         m: int = 1,
         epsilon: float = 0.2,
         flow: FlowKind = "realnvp",
+        linear: LinearKind = "lu",
         layers: int = 6,
         hidden_features: int = 64,
         num_blocks: int = 2,
@@ -94,8 +95,8 @@ class VQFlow(Model):
             hidden_layers=vq_hidden_layers, commitment=commitment, restart_threshold=restart_threshold,
         )
         self.flow = conditional_flow(
-            self.latent_dim, layers, code_dim, kind=flow, hidden_features=hidden_features, num_blocks=num_blocks,
-            dropout=dropout,
+            self.latent_dim, layers, code_dim, kind=flow, linear=linear, hidden_features=hidden_features,
+            num_blocks=num_blocks, dropout=dropout,
         )
         self.conformal = ConditionalConformalEmbedding(self.latent_dim, self.data_dim, code_dim, num_householder)
         self.chart_logits = nn.Parameter(torch.zeros(num_charts))
