@@ -158,7 +158,7 @@ def test_bad_recipe_via_console_script(tmp_path):
     path.write_text("data: {name: thin_spiral}\nmodel: {kind: dnf, latent_dim: two}\n")
     proc = subprocess.run([sys.executable, "-m", "mflow_cli", "train", str(path)], capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == f"error: {path}: 'model.latent_dim' must be int, got 'two'"
+    assert proc.stderr.strip() == f"error: {path}: 'model.latent_dim' must be int or null, got 'two'"
 
 
 def test_help_on_every_verb(monkeypatch, capsys):
