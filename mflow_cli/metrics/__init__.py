@@ -1,6 +1,7 @@
 """Evaluators, one per model family, registered in :data:`mflow_cli.registry.EVALUATORS`."""
 
 from . import (
+    flow_vae,  # noqa: F401
     manifold,  # noqa: F401
     vq_flow,  # noqa: F401
 )
