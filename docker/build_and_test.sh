@@ -4,7 +4,8 @@
 #   apt-get install -y podman buildah runc debootstrap
 #   docker/build_and_test.sh            # ~10-20 min on 2 cores (pip + compiling the C++ kernels)
 # Environment: IMAGE (default localhost/mflow:debian-test), BASE (default localhost/debian-local:bookworm),
-#              ENGINE (default podman), KEEP_WORK=1 to keep the scratch folder.
+#              ENGINE (default podman), KEEP_WORK=1 to keep the scratch folder,
+#              SKIP_BUILD=1 to test an image built before.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -12,7 +13,8 @@ repo="$(dirname "$here")"
 engine="${ENGINE:-podman}"
 image="${IMAGE:-localhost/mflow:debian-test}"
 base="${BASE:-localhost/debian-local:bookworm}"
-run_opts=(--rm --runtime runc --ulimit nofile=4096:4096 --network none)
+# Explicit, lowered rlimits: in this sandbox runc may not raise RLIMIT_NOFILE/NPROC to podman's defaults.
+run_opts=(--rm --runtime runc --ulimit nofile=4096:4096 --ulimit nproc=4096:4096 --network none)
 
 if ! "$engine" image exists "$base" 2>/dev/null; then
   echo "== making the base image $base with debootstrap"
@@ -42,9 +44,13 @@ for dir in $find_links $extra_index; do
   [[ -d "$dir" ]] && build_opts+=(-v "$dir:$dir:ro")
 done
 
-echo "== building $image on $base"
-"$engine" build "${build_opts[@]}" --ignorefile "$here/Dockerfile.dockerignore" \
-  -f "$here/Dockerfile" -t "$image" "$repo"
+if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
+  echo "== building $image on $base"
+  # --format docker: the OCI format would drop the Dockerfile's SHELL (bash -o pipefail).
+  "$engine" build --format docker "${build_opts[@]}" --ignorefile "$here/Dockerfile.dockerignore" \
+    -f "$here/Dockerfile" -t "$image" "$repo"
+fi
+"$engine" image exists "$image" || { echo "FAIL: no image $image"; exit 1; }
 
 work="$(mktemp -d)"
 [[ "${KEEP_WORK:-0}" == 1 ]] || trap 'rm -rf "$work"' EXIT
