@@ -12,6 +12,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -209,7 +210,9 @@ def run() -> None:
     try:
         app(standalone_mode=False)
     except MflowError as err:
-        err_console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
+        # The message quotes user input (keys, paths): print it literally (no rich markup) and on one line.
+        line = escape(str(err).replace("\r", "\\r").replace("\n", "\\n"))
+        err_console.print(f"[red]error:[/] {line}", highlight=False, soft_wrap=True)
         sys.exit(err.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

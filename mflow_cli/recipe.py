@@ -149,7 +149,7 @@ def validate_kwargs(target: Callable, values: dict, section: str, source: str) -
     for key in values:
         if key not in params:
             expected = ", ".join(params) or "no keys"
-            raise MflowError(f"{source}: unknown key '{section}.{key}' (expected one of: {expected})")
+            raise MflowError(f"{source}: unknown key {f'{section}.{key}'!r} (expected one of: {expected})")
     resolved = {}
     for name, p in params.items():
         if name not in values:
@@ -166,7 +166,7 @@ def validate_kwargs(target: Callable, values: dict, section: str, source: str) -
         if isinstance(value, str) and _mentions(tp, ExistingPath) and not os.path.exists(
             os.path.expanduser(value)
         ):
-            raise MflowError(f"{source}: '{section}.{name}': file not found: {value}")
+            raise MflowError(f"{source}: '{section}.{name}': file not found: {value!r}")
         resolved[name] = value
     return resolved
 
