@@ -42,7 +42,7 @@ class TrainConfig:
             for key, value in self.epochs.items():
                 if key not in phases:
                     raise MflowError(
-                        f"{source}: 'train.epochs.{key}' is not a phase of this model ({', '.join(phases)})"
+                        f"{source}: {f'train.epochs.{key}'!r} is not a phase of this model ({', '.join(phases)})"
                     )
                 if value < 0:
                     raise MflowError(f"{source}: 'train.epochs.{key}' must be >= 0")
@@ -51,8 +51,14 @@ class TrainConfig:
         for key in ("batch_size", "checkpoint_every"):
             if getattr(self, key) < 1:
                 raise MflowError(f"{source}: 'train.{key}' must be >= 1")
-        if not self.lr > 0:
-            raise MflowError(f"{source}: 'train.lr' must be > 0")
+        if not 0 < self.lr < math.inf:
+            raise MflowError(f"{source}: 'train.lr' must be a finite number > 0")
+        if not 0 <= self.weight_decay < math.inf:
+            raise MflowError(f"{source}: 'train.weight_decay' must be a finite number >= 0")
+        if self.grad_clip is not None and not 0 < self.grad_clip < math.inf:
+            raise MflowError(f"{source}: 'train.grad_clip' must be a finite number > 0 (or null for no clipping)")
+        if self.max_nonfinite_steps < 0:
+            raise MflowError(f"{source}: 'train.max_nonfinite_steps' must be >= 0")
 
     def epochs_for(self, phase: str) -> int:
         if isinstance(self.epochs, dict):

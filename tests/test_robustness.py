@@ -411,3 +411,21 @@ def test_atomic_outputs_get_normal_permissions(tmp_path):
     for name in ("m.json", "c.pt"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize(
+    "train,message",
+    [
+        ({"lr": float("inf")}, "'train.lr' must be a finite number > 0"),
+        ({"lr": float("nan")}, "'train.lr' must be a finite number > 0"),
+        ({"weight_decay": -1.0}, "'train.weight_decay' must be a finite number >= 0"),
+        ({"grad_clip": float("nan")}, "'train.grad_clip' must be a finite number > 0"),
+        ({"grad_clip": 0.0}, "'train.grad_clip' must be a finite number > 0"),
+        ({"max_nonfinite_steps": -1}, "'train.max_nonfinite_steps' must be >= 0"),
+        ({"epochs": {"joint\nx": 1}}, "'train.epochs.joint\\nx' is not a phase"),
+    ],
+)
+def test_train_settings_no_run_could_use_are_refused(train, message):
+    with pytest.raises(MflowError) as err:
+        validate({**RECIPE, "train": {**RECIPE["train"], **train}}, "r.yaml")
+    assert message in str(err.value) and "\n" not in str(err.value)
