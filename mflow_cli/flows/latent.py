@@ -13,6 +13,7 @@ forward (the inverse of planar/radial has no closed form), so they are written h
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -49,6 +50,15 @@ class PlanarStep(FlowStep):
     def __init__(self, dim: int) -> None:
         super().__init__(dim)
         self.num_params = 2 * dim + 1
+
+    def init_params(self) -> torch.Tensor:
+        """Near the identity: wᵀu = log(e − 1) makes m(wᵀu) = 0, so û = u − (wᵀu) w/‖w‖² is the small part.
+
+        (Small random u, w would give û ≈ −0.31 w/‖w‖², a large shift.)
+        """
+        w = torch.randn(self.dim) / self.dim**0.5
+        u = 0.01 * torch.randn(self.dim) + math.log(math.e - 1) * w / w.pow(2).sum()
+        return torch.cat([u, w, torch.zeros(1)])
 
     def forward(self, z, params):
         d = self.dim
@@ -121,9 +131,9 @@ class NiceStep(FlowStep):
         self.num_params = self.na * hidden + hidden + hidden * self.nb + self.nb
 
     def init_params(self) -> torch.Tensor:
-        w1 = torch.randn(self.na, self.hidden) / self.na**0.5
-        return torch.cat([w1.reshape(-1), torch.zeros(self.hidden), 0.01 * torch.randn(self.hidden * self.nb),
-                          torch.zeros(self.nb)])
+        w1 = torch.randn(self.na * self.hidden) / self.na**0.5
+        w2 = 0.01 / self.hidden**0.5 * torch.randn(self.hidden * self.nb)  # small shift: near the identity
+        return torch.cat([w1, torch.zeros(self.hidden), w2, torch.zeros(self.nb)])
 
     def forward(self, z, params):
         na, nb, hid = self.na, self.nb, self.hidden
