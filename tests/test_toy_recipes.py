@@ -35,7 +35,8 @@ def test_recipe_smoke(recipe, extra, tmp_path):
         assert metrics[key] is not None and math.isfinite(metrics[key]), key
     if recipe in ("dnf_circle", "dnf_sphere"):
         assert 0 <= metrics["ks_density"] <= 2 and 0 <= metrics["ks_samples"] <= 1
-        assert metrics["chart_grid_mass"] > 0
+        assert metrics["chart_grid_mass"] > 0 and metrics["chart_grid_mass_deflated"] > 0
+    assert ("kl_true_model_deflated" in metrics) == (recipe.startswith("dnf") and not extra)
     names = {p.name for p in runs.plot_run(out)}
     assert {"training_curves.png", "samples.png"} <= names
     if recipe == "dnf_sphere":
