@@ -1,9 +1,9 @@
 """`mflow train` under torchrun: DistributedDataParallel with gloo, 2 CPU processes on loopback.
 
 One launch checks: rank 0 alone writes the run; both ranks end with identical parameters; each rank
-sees exactly half of every batch; a NaN loss on one rank makes both skip that step (no hang); and with
-the noise off, the 2-process run matches a single process on the same recipe (the gradient of the full
-batch is the mean of the two half-batch gradients), up to float rounding.
+sees exactly half of every batch; a NaN loss on one rank makes both skip that step (no hang); phases
+with parameters outside their loss work; and the 2-process run matches a single process on the same
+recipe (the gradient of the full batch is the mean of the two half-batch gradients) up to rounding.
 """
 
 import json
@@ -23,8 +23,10 @@ RECIPE = {
     "name": "ddp",
     "seed": 5,
     "data": {"name": "thin_spiral", "n_train": 400, "n_test": 100},
-    "model": {"kind": "dnf", "outer_layers": 2, "hidden_features": 16, "num_blocks": 1, "noise_std": 0.0},
-    "train": {"epochs": 2, "batch_size": 100, "checkpoint_every": 3},
+    # M-flow's sequential schedule: two phases, each training a part of the model (a new DDP per phase,
+    # parameters unused in a phase); no noise inflation, so one process and two see the same gradients.
+    "model": {"kind": "mflow", "outer_layers": 2, "hidden_features": 16, "num_blocks": 1},
+    "train": {"epochs": {"manifold": 1, "density": 1}, "batch_size": 100, "checkpoint_every": 3},
 }
 NAN_AT_CALL = 3  # rank 1's third loss is NaN; rank 0's is fine
 
@@ -89,11 +91,11 @@ def test_torchrun_two_processes_gloo(tmp_path, monkeypatch):
         assert torch.equal(r0[key], r1[key]), key
         assert torch.equal(r0[key], saved[key]), key
 
-    # Each rank took half of every 100-row batch: 2 epochs x 4 batches x 50 rows.
+    # Each rank took half of every 100-row batch: 2 phases x 1 epoch x 4 batches x 50 rows.
     for r in (0, 1):
         assert json.loads(open(f"{out}.rank{r}.json").read()) == [50] * 8
     records = io.read_jsonl(out / "metrics.jsonl")
-    assert [r["step"] for r in records] == [3, 7]  # one step skipped on both ranks
+    assert [(r["phase"], r["step"]) for r in records] == [("manifold", 3), ("density", 7)]  # 1 step skipped
     assert records[-1]["nonfinite_steps"] == 1
     assert io.load_torch(out / "checkpoint.pt")["step"] == 7
 
@@ -108,9 +110,13 @@ def test_torchrun_two_processes_gloo(tmp_path, monkeypatch):
     monkeypatch.setattr(ManifoldFlow, "loss", skip_third)
     train_run(validate(RECIPE, "ddp.yaml"), tmp_path / "single")
     single = io.load_torch(tmp_path / "single" / "model.pt")["state_dict"]
-    gap = max((single[k] - r0[k]).abs().max().item() for k in r0)
+    # Adam divides by |gradient|, so a coordinate whose gradient is ~0 can turn rounding into a step of lr;
+    # all others agree to rounding.
+    gap = torch.cat([(single[k] - r0[k]).abs().flatten() for k in r0])
     torch.manual_seed(RECIPE["seed"])  # the untrained model, built as train_run builds it
     init = build_model(validate(RECIPE, "ddp.yaml"), (2,)).state_dict()
-    trained = max((init[k] - r0[k]).abs().max().item() for k in r0)
-    print("ddp vs single max |diff|", gap, "trained |change|", trained)
-    assert gap < 1e-4 and trained > 100 * gap, (gap, trained)
+    moved = torch.cat([(init[k] - r0[k]).abs().flatten() for k in r0])
+    print(f"DDP vs 1 process: {(gap > 1e-6).float().mean():.4%} of {gap.numel()} weights differ by >1e-6, "
+          f"max {gap.max():.2e}; training moved {(moved > 1e-6).float().mean():.1%} of them")
+    assert (gap > 1e-6).float().mean() < 0.005 and gap.max() <= 8 * 3e-4 * 1.01
+    assert (moved > 1e-6).float().mean() > 0.4  # one phase trains the outer flow, the other the inner one
