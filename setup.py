@@ -4,6 +4,10 @@
 compiler are present, with the CUDA kernels too when torch has CUDA and nvcc is found. A failed
 compile never fails the install: it warns and the package runs on the pure-PyTorch reference path.
 
+pip's isolated build env installs torch==2.13.0 (pinned in pyproject's [build-system], the CPU wheel here):
+the extension matches the runtime torch of CI. To build against another installed torch (a CUDA build,
+say), use ``pip install --no-build-isolation .`` with setuptools, wheel and ninja in the environment.
+
 Environment:
   MFLOW_NO_EXT=1        skip the extension entirely
   MFLOW_BUILD_CUDA=0/1  force the CPU-only / CUDA build (default: auto)
@@ -43,7 +47,7 @@ def _extension_build() -> dict:
     want_cuda = _flag("MFLOW_BUILD_CUDA")
     if want_cuda is None:
         want_cuda = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
-    cxx = ["-O3"]
+    cxx = ["-O3", "-Wno-unknown-pragmas"]  # torch's vec headers use #pragma unroll, unknown to g++
     if want_cuda:
         ext = cpp_extension.CUDAExtension(
             "mflow_cli._C",
