@@ -116,6 +116,10 @@ def train_run(
             raise MflowError(f"{out_dir} already holds a run; pass --resume to continue or --force to start over")
         for name in (MODEL_FILE, CHECKPOINT_FILE, METRICS_FILE) if main else ():
             (out_dir / name).unlink(missing_ok=True)
+    if main and (resume or force):  # temp files of a run killed while writing (see io.atomic_path)
+        for name in (MODEL_FILE, CHECKPOINT_FILE, METRICS_FILE, RECIPE_FILE):
+            for tmp in out_dir.glob(f".{name}.*.tmp"):
+                tmp.unlink(missing_ok=True)
     if dist is not None:
         dist.barrier()  # every rank has read the folder before rank 0 writes into it
 

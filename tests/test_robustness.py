@@ -164,6 +164,7 @@ def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(workdir, stra
     assert io.load_torch(run_dir / "checkpoint.pt")["step"] == 4  # ... never replaced the good one
     _resume(workdir, run_dir)
     _assert_same(run_dir, straight)
+    assert not list(run_dir.glob(".*.tmp"))  # the resume cleared the dead temp file
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
