@@ -6,7 +6,8 @@
 trains each recipe with the generic trainer and, after every epoch of the ``flow`` phase, draws
 ``--n-fid`` samples and scores them against the test images with the Fréchet distance of
 :mod:`mflow_cli.metrics.fid` (features of the small classifier mflow trains once and caches). Writes
-``fid.json`` and ``fid.png`` into ``--out``. The global RNG is saved and restored around each score, so
+``fid.json`` (per epoch: epoch, mean training NLL, FID; and the final test bits/dim), ``fid.png`` and
+a grid of final samples per recipe into ``--out``. The global RNG is saved and restored around each score, so
 training follows the same random stream as without scoring.
 """
 
@@ -14,14 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import torch
 
 import mflow_cli.datasets.images_standard  # noqa: F401  (registers mnist where the package does not yet)
 from mflow_cli.metrics.fid import fid_score
-from mflow_cli.metrics.vq_flow import feature_network, sample_in_batches, to_images
+from mflow_cli.metrics.vq_flow import batched_log_prob, feature_network, sample_in_batches, to_images
 from mflow_cli.plots.common import pyplot, save
+from mflow_cli.plots.vq_flow import image_grid
 from mflow_cli.recipe import load_recipe
 from mflow_cli.runs import build_dataset, build_model
 from mflow_cli.training import TrainConfig, TrainingMonitor, train
@@ -70,11 +73,19 @@ def main() -> None:
         print(recipe.name, flush=True)
         train(model, data, TrainConfig(**recipe.train), seed=recipe.seed, monitor=monitor,
               batch_transform=dataset.batch_transform)
-        results[recipe.name] = monitor.scores
+        model.eval()
+        test = dataset.test_data()
+        log_p = batched_log_prob(model, test, 500)
+        bpd = float(-(log_p + dataset.log_jacobian_to_pixels(test)).mean() / (test[0].numel() * math.log(2)))
+        print(f"  test bits/dim {bpd:.3f}", flush=True)
+        torch.manual_seed(0)
+        image_grid(to_images(dataset, model.sample(64)), out / f"samples_{recipe.name}.png", recipe.name)
+        results[recipe.name] = {"epoch_nll_fid": monitor.scores, "test_bits_per_dim": bpd}
     (out / "fid.json").write_text(json.dumps(results, indent=1))
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for name, scores in results.items():
+    for name, res in results.items():
+        scores = res["epoch_nll_fid"]
         ax.plot([s[0] for s in scores], [s[2] for s in scores], marker="o", label=name)
     ax.set_xlabel("epoch (flow phase)")
     ax.set_ylabel("Fréchet distance (classifier features)")
