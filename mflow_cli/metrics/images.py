@@ -68,7 +68,7 @@ def evaluate_images(
         "reconstruction_mse_pixels": float((unit - dataset.to_unit(proj).reshape(len(flat), -1)).pow(2).mean()),
         "manifold_density_points_per_s": len(flat) / seconds,
     }
-    if getattr(model, "schedule", None) == "joint" and hasattr(model, "log_prob_ambient"):
+    if getattr(model, "has_ambient_density", False):  # DNF, PIE, plain flow
         noisy = flat + getattr(model, "noise_std", 0.0) * torch.randn_like(flat)
         with torch.no_grad():
             parts = torch.split(noisy, batch_size)
