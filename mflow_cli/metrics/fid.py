@@ -71,23 +71,28 @@ def kmeans_labels(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0) -> to
 def train_feature_classifier(
     images: torch.Tensor, labels: torch.Tensor | None, epochs: int = 3, batch_size: int = 128, seed: int = 0
 ) -> FeatureClassifier:
-    """Train :class:`FeatureClassifier` on images (N, ...) in [0, 1] (labels or k-means ids)."""
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    flat = images.reshape(len(images), -1).float()
-    if labels is None:
-        labels = kmeans_labels(flat, 10, seed=seed)
-    labels = labels.long()
-    net = FeatureClassifier(flat.shape[1], int(labels.max()) + 1)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    for _ in range(epochs):
-        order = torch.randperm(len(flat), generator=gen)
-        for start in range(0, len(flat), batch_size):
-            idx = order[start : start + batch_size]
-            loss = nn.functional.cross_entropy(net.head(net(flat[idx])), labels[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    """Train :class:`FeatureClassifier` on images (N, ...) in [0, 1] (labels or k-means ids).
+
+    Deterministic given ``seed``; the global RNG is left as it was (fork_rng), so scoring does not shift
+    the random stream of whatever runs around it.
+    """
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        flat = images.reshape(len(images), -1).float()
+        if labels is None:
+            labels = kmeans_labels(flat, 10, seed=seed)
+        labels = labels.long()
+        net = FeatureClassifier(flat.shape[1], int(labels.max()) + 1)
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+        for _ in range(epochs):
+            order = torch.randperm(len(flat), generator=gen)
+            for start in range(0, len(flat), batch_size):
+                idx = order[start : start + batch_size]
+                loss = nn.functional.cross_entropy(net.head(net(flat[idx])), labels[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
     return net.eval()
 
 
@@ -105,7 +110,8 @@ def cached_feature_classifier(
     path = Path(cache_dir) / f"fid_classifier_{_dataset_key(images)}_{'labels' if labels is not None else 'kmeans'}.pt"
     if path.is_file():
         blob = io.load_torch(path)
-        net = FeatureClassifier(int(blob["in_features"]), int(blob["num_classes"]))
+        with torch.random.fork_rng():  # building the module draws initial weights; keep the caller's stream
+            net = FeatureClassifier(int(blob["in_features"]), int(blob["num_classes"]))
         net.load_state_dict(blob["state_dict"])
         return net.eval()
     if labels is None:
