@@ -7,7 +7,14 @@ from pathlib import Path
 import torch
 
 from ..datasets.base import Dataset, Simulator
-from ..metrics.manifold import ambient_grid, ambient_log_prob, manifold_log_prob
+from ..metrics.manifold import (
+    ambient_grid,
+    ambient_log_prob,
+    deflated_log_prob,
+    density_on_true_manifold,
+    has_deflated_density,
+    manifold_log_prob,
+)
 from ..registry import PLOTTERS
 from .common import pyplot, save, training_curves
 
@@ -23,6 +30,7 @@ def plot_manifold(
     grid_limit: float = 4.0,
     seed: int = 0,
     chart_grid_size: int = 60,
+    off_manifold_tolerance: float = 0.1,
 ) -> list[Path]:
     if getattr(dataset, "is_image", False):  # image manifolds: see plots/images.py
         from .images import plot_images
@@ -58,38 +66,46 @@ def plot_manifold(
 
     if isinstance(dataset, Simulator) and dataset.manifold_dim == 1:
         x, log_true, weights = dataset.manifold_grid(2000)
-        log_q, _ = manifold_log_prob(model, x.float(), 4096)
+        log_q, _ = density_on_true_manifold(model, x.float(), 4096, off_manifold_tolerance)
         arc = torch.cumsum(weights, 0)
         fig, ax = plt.subplots(figsize=(7, 3.5))
         ax.plot(arc, log_true.exp(), label="true", lw=2)
-        ax.plot(arc, log_q.exp(), label="model", lw=1.5, ls="--")
+        ax.plot(arc, log_q.exp(), label="model, on its manifold (0 where it misses)", lw=1.5, ls="--")
+        if has_deflated_density(model):
+            deflated = deflated_log_prob(model, x.float(), 4096).exp()
+            ax.plot(arc, deflated, label="model, deflated ambient", lw=1.2, ls=":")
         ax.set_xlabel("arc length along the true manifold")
         ax.set_ylabel("density on the manifold")
         ax.legend()
         paths.append(save(fig, out_dir / "density_on_manifold.png"))
 
     if isinstance(dataset, Simulator) and dataset.manifold_dim == 2 and hasattr(dataset, "chart_grid"):
-        paths.extend(chart_figures(model, dataset, test, samples, out_dir, chart_grid_size))
+        paths.extend(chart_figures(model, dataset, test, samples, out_dir, chart_grid_size, off_manifold_tolerance))
     return [p for p in paths if p is not None]
 
 
-def chart_figures(model, dataset: Simulator, test, samples, out_dir: Path, size: int) -> list[Path]:
+def chart_figures(
+    model, dataset: Simulator, test, samples, out_dir: Path, size: int, tolerance: float = 0.1
+) -> list[Path]:
     """Sphere-like 2-D manifolds: true vs learned density on the θ/φ map, and samples over data there."""
     plt = pyplot()
     grid = dataset.chart_grid(size)
-    log_q, _ = manifold_log_prob(model, grid.x.float(), 4096)
-    true = grid.log_p_manifold().exp().reshape(grid.shape).T.numpy()
-    learned = log_q.double().exp().reshape(grid.shape).T.numpy()
-    mass = float((log_q.double().exp() * grid.manifold_weights()).sum())
+    panels = [("true density", grid.log_p_manifold())]
+    log_q, _ = density_on_true_manifold(model, grid.x.float(), 4096, tolerance)
+    panels.append(("learned, on manifold", log_q))
+    if has_deflated_density(model):
+        panels.append(("learned, deflated ambient", deflated_log_prob(model, grid.x.float(), 4096)))
     extent = (0, float(grid.axes[0][-1] + grid.widths[0] / 2), 0, float(grid.axes[1][-1] + grid.widths[1] / 2))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5), sharey=True)
-    vmax = max(true.max(), learned.max())
-    for ax, img, title in ((axes[0], true, "true density"), (axes[1], learned, f"learned density (mass {mass:.3f})")):
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5), sharey=True)
+    images = [log_p.double().exp().reshape(grid.shape).T.numpy() for _, log_p in panels]
+    vmax = max(img.max() for img in images)
+    for ax, img, (title, log_p) in zip(axes, images, panels, strict=True):
+        mass = float((log_p.double().exp() * grid.manifold_weights()).sum())
         im = ax.imshow(img, origin="lower", extent=extent, aspect="auto", vmin=0, vmax=vmax, cmap="viridis")
         ax.set_xlabel("θ (polar)")
-        ax.set_title(title)
+        ax.set_title(f"{title} (mass {mass:.3f})")
     axes[0].set_ylabel("φ (azimuth)")
-    fig.colorbar(im, ax=axes[1], label="density w.r.t. area")
+    fig.colorbar(im, ax=axes[-1], label="density w.r.t. area")
     paths = [save(fig, out_dir / "density_chart.png")]
 
     data_a, model_a = dataset.angles(test), dataset.angles(samples)
