@@ -246,8 +246,9 @@ def test_logdet_gram_non_contiguous_gradcheck_and_singular():
     _close64(_logdet_with_grad(_logdet_fused, js), _logdet_with_grad(reference.logdet_gram, j))
     a = _jac(2, 5, 3, seed=4).requires_grad_()
     assert torch.autograd.gradcheck(_logdet_fused, (a,))
-    with pytest.raises(torch.linalg.LinAlgError):
-        _logdet_fused(torch.zeros(2, 5, 3, dtype=torch.float64))
+    for shape in [(2, 5, 3), (2, 7, 5)]:  # the fused loops (d <= 3) and the BLAS/LAPACK branch (d > 3)
+        with pytest.raises(torch.linalg.LinAlgError):
+            _logdet_fused(torch.zeros(shape, dtype=torch.float64))
 
 
 # ---------------------------------------------------------------- forward mode (jvp rules)
