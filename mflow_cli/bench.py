@@ -2,7 +2,8 @@
 
 Both paths run in the same process on the same inputs: the reference inside
 :func:`mflow_cli.kernels.use_reference`, which is also how the fused coupling layers fall back to
-nflows' own transforms. Each row is the median of ``repeats`` timed calls after warm-up, for the
+nflows' own transforms. Each row is the median of ``repeats`` timed calls after warm-up (the two
+paths alternating call by call, so that load changes hit both alike), for the
 forward pass and for forward + backward, with the largest absolute difference between the two
 paths' results (outputs for ``fwd``, outputs and input/parameter gradients for ``fwd+bwd``).
 """
@@ -50,18 +51,27 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_ms(fn: Callable[[], object], repeats: int, device: torch.device, warmup: int = 2) -> float:
-    """Median wall time of ``fn()`` in milliseconds."""
+def paired_median_ms(
+    fn: Callable[[], object], repeats: int, device: torch.device, warmup: int = 2
+) -> tuple[float, float]:
+    """Median times of ``fn()`` on the reference path and on the fused path, in milliseconds.
+
+    The two paths alternate call by call, so a change of machine load hits both alike.
+    """
     for _ in range(warmup):
+        with kernels.use_reference():
+            fn()
         fn()
-    _sync(device)
-    times = []
+    ref, fused = [], []
     for _ in range(max(1, repeats)):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+        for use_ref, times in ((True, ref), (False, fused)):
+            with kernels.use_reference(use_ref):
+                _sync(device)
+                start = time.perf_counter()
+                fn()
+                _sync(device)
+                times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(ref), 1e3 * statistics.median(fused)
 
 
 def _max_diff(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
@@ -94,12 +104,10 @@ def _compare(
     with kernels.use_reference():
         ref_out = forward()
         ref_outs, ref_grads = forward_backward()
-        ref_fwd = median_ms(forward, repeats, device)
-        ref_bwd = median_ms(forward_backward, repeats, device)
     fused_out = forward()
     fused_outs, fused_grads = forward_backward()
-    fused_fwd = median_ms(forward, repeats, device)
-    fused_bwd = median_ms(forward_backward, repeats, device)
+    ref_fwd, fused_fwd = paired_median_ms(forward, repeats, device)
+    ref_bwd, fused_bwd = paired_median_ms(forward_backward, repeats, device)
     return [
         BenchRow(kernel, size, "fwd", ref_fwd, fused_fwd, _max_diff(ref_out, fused_out)),
         BenchRow(kernel, size, "fwd+bwd", ref_bwd, fused_bwd,
@@ -169,12 +177,10 @@ def flow_rows(repeats: int = 10, quick: bool = False, device: str = "cpu") -> li
         with kernels.use_reference():
             ref_out = forward()
             ref_outs, ref_grads = forward_backward()
-            ref_fwd = median_ms(forward, repeats, dev)
-            ref_bwd = median_ms(forward_backward, repeats, dev)
         fused_out = forward()
         fused_outs, fused_grads = forward_backward()
-        fused_fwd = median_ms(forward, repeats, dev)
-        fused_bwd = median_ms(forward_backward, repeats, dev)
+        ref_fwd, fused_fwd = paired_median_ms(forward, repeats, dev)
+        ref_bwd, fused_bwd = paired_median_ms(forward_backward, repeats, dev)
         name = f"{layers}-step RQ coupling flow"
         rows += [
             BenchRow(name, f"{n}×{d}", "fwd", ref_fwd, fused_fwd, _max_diff(ref_out, fused_out)),
