@@ -55,8 +55,10 @@ def density_on_true_manifold(
 
     A point farther than ``tolerance`` from its projection onto the learned manifold is not on it: the
     density at the projection belongs to another part of the manifold (on a circle learned as an open
-    arc, points of the gap project onto the far side), so the model's density there is 0, floored at
-    1e-10 for the KL. The DNF code does the same with its threshold on ‖v‖². Returns (log q, missed).
+    arc, points of the gap project onto the far side), so the model's density there is 0 (log 1e-10).
+    The DNF code does the same with its threshold on ‖v‖². Returns (log q, missed). KLs are then taken
+    on the points the model covers (both densities renormalised there), the missed true mass reported
+    beside them.
     """
     log_q, proj = manifold_log_prob(model, x, batch_size)
     missed = (proj.double() - x.double()).norm(dim=1) > tolerance
@@ -94,7 +96,7 @@ def chart_metrics(
       accumulated from the densities (the DNF paper's KS statistic for its circle and sphere; the
       model's CDF is not renormalised, so lost mass counts);
     - ``ks_samples``: the same with the empirical CDF of the model's samples (their projections);
-    - ``kl_true_model_chart``: KL(true‖model) on the grid, the model renormalised on it.
+    - ``kl_true_model_chart``: KL(true‖model) on the grid cells the model covers, both renormalised.
 
     ``deflated``: use the DNF's deflated ambient density (:func:`deflated_log_prob`) instead of the
     on-manifold density at the projections; the keys then end in ``_deflated``.
@@ -103,7 +105,7 @@ def chart_metrics(
     if deflated:
         log_q = deflated_log_prob(model, grid.x.float(), batch_size)
     else:
-        log_q, _ = density_on_true_manifold(model, grid.x.float(), batch_size, tolerance)
+        log_q, missed = density_on_true_manifold(model, grid.x.float(), batch_size, tolerance)
     weights = grid.manifold_weights()
     cell_true = (grid.log_p_chart.exp() * grid.cell_volume).reshape(grid.shape)
     cell_model = (log_q.exp() * weights).reshape(grid.shape)
@@ -112,7 +114,9 @@ def chart_metrics(
     out["ks_density"] = float((cdf_on_grid(cell_model) - cdf_true).abs().max())
     emp = empirical_cdf_on_grid(dataset.angles(samples), grid.axes, grid.widths)
     out["ks_samples"] = float((emp - cdf_true).abs().max())
-    out["kl_true_model_chart"], _ = kl_on_manifold(grid.log_p_manifold(), log_q, weights)
+    hit = torch.ones(len(log_q), dtype=torch.bool) if deflated else ~missed
+    if hit.any():
+        out["kl_true_model_chart"], _ = kl_on_manifold(grid.log_p_manifold()[hit], log_q[hit], weights[hit])
     if deflated:
         return {f"{k}_deflated": v for k, v in out.items() if k not in ("chart_grid_points", "ks_samples")}
     return out
@@ -168,7 +172,10 @@ def evaluate_manifold(
         start = time.perf_counter()
         log_q, missed = density_on_true_manifold(model, x.float(), batch_size, off_manifold_tolerance)
         seconds = time.perf_counter() - start
-        metrics["kl_true_model"], metrics["model_mass_on_manifold"] = kl_on_manifold(log_true, log_q, weights)
+        hit = ~missed
+        if hit.any():
+            metrics["kl_true_model"], _ = kl_on_manifold(log_true[hit], log_q[hit], weights[hit])
+        metrics["model_mass_on_manifold"] = float((log_q.exp() * weights).sum())
         metrics["true_mass_off_learned_manifold"] = float((log_true.exp() * weights)[missed].sum())
         metrics["manifold_density_points_per_s"] = len(x) / seconds
         if has_deflated_density(model):
