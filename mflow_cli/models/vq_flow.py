@@ -196,7 +196,7 @@ class VQFlow(Model):
     def chart_mass(self, n: int) -> float:
         """Monte-Carlo estimate of ∫ p(x) dx = Σ_k p_k P_z(g_k(z) ∈ U_k) (at most 1; 1 when charts cover)."""
         x, k, _ = self.sample_charts(n)
-        return float(self.membership(x)[torch.arange(n), k].float().mean())
+        return float(self.membership(x)[torch.arange(n, device=x.device), k].float().mean())
 
     def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Chart posterior p(k|x), the MAP and a sampled chart, deterministic and stochastic latents."""
