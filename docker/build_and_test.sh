@@ -5,7 +5,8 @@
 #   docker/build_and_test.sh            # ~10-20 min on 2 cores (pip + compiling the C++ kernels)
 # Environment: IMAGE (default localhost/mflow:debian-test), BASE (default localhost/debian-local:bookworm),
 #              ENGINE (default podman), KEEP_WORK=1 to keep the scratch folder,
-#              SKIP_BUILD=1 to test an image built before.
+#              SKIP_BUILD=1 to test an image built before, CONTEXT=DIR to build another tree
+#              (e.g. a `git archive HEAD` export, to leave uncommitted edits out).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -48,7 +49,7 @@ if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
   echo "== building $image on $base"
   # --format docker: the OCI format would drop the Dockerfile's SHELL (bash -o pipefail).
   "$engine" build --format docker "${build_opts[@]}" --ignorefile "$here/Dockerfile.dockerignore" \
-    -f "$here/Dockerfile" -t "$image" "$repo"
+    -f "$here/Dockerfile" -t "$image" "${CONTEXT:-$repo}"
 fi
 "$engine" image exists "$image" || { echo "FAIL: no image $image"; exit 1; }
 
