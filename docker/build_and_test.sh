@@ -70,5 +70,17 @@ echo "== mflow sample";     run sample /work/run -n 500 -o /work/samples.h5
 echo "== mflow encode";     run encode /work/run /work/samples.h5 -o /work/latents.h5
 echo "== refuses to overwrite without --force (expect exit 2)"
 if run sample /work/run -n 5 -o /work/samples.h5; then echo "FAIL: overwrote"; exit 1; fi
+echo "== docker stop (SIGTERM, through tini) during training: checkpoint saved, exit 130; --resume finishes"
+name="mflow-sigterm-$$"
+"$engine" run -d --name "$name" "${run_opts[@]:1}" -v "$work:/work" "$image" \
+  train /work/tiny.yaml --out /work/long --set train.epochs=300 >/dev/null
+for _ in $(seq 600); do [[ -f "$work/long/checkpoint.pt" ]] && break; sleep 0.1; done
+"$engine" stop -t 60 "$name" >/dev/null
+code="$("$engine" wait "$name")"
+"$engine" logs "$name" 2>&1 | tr '\r' '\n' | grep -E "error|saved" || true
+"$engine" rm "$name" >/dev/null
+echo "exit code after docker stop: $code"
+[[ "$code" == 130 ]] || { echo "FAIL: expected 130"; exit 1; }
+run train /work/tiny.yaml --out /work/long --set train.epochs=300 --resume
 ls -l "$work" "$work/run"
 echo "== OK: image $image trains, samples and encodes"
