@@ -113,8 +113,10 @@ def sample(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
 ) -> None:
     """Draw samples from a trained model into an HDF5 file."""
+    from .io import refuse_overwrite
     from .runs import sample_to_h5
 
+    refuse_overwrite(out, force)  # before the progress bar appears
     with _progress() as progress:
         task = progress.add_task("sample", total=n, info="")
         sample_to_h5(run_dir, n, out, batch_size=batch_size, seed=seed, force=force,
@@ -132,8 +134,10 @@ def encode(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
 ) -> None:
     """Encode data into latents (and log densities where the model has them)."""
+    from .io import refuse_overwrite
     from .runs import encode_h5
 
+    refuse_overwrite(out, force)  # before the progress bar appears
     with _progress() as progress:
         task = progress.add_task("encode", total=None, info="")
         encode_h5(run_dir, inp, out, dataset=dataset, batch_size=batch_size, force=force,

@@ -48,11 +48,15 @@ def pick_device(recipe: Recipe) -> torch.device:
 
 
 def set_threads(recipe: Recipe, data_shape: tuple[int, ...]) -> None:
-    """Tiny 2-D/3-D models run faster on one thread here; bigger ones use every core."""
+    """Tiny 2-D/3-D models run faster on one thread here; bigger ones use every core.
+
+    Under torchrun the cores are shared by the node's ranks (LOCAL_WORLD_SIZE of them).
+    """
     if recipe.threads is not None:
         n = recipe.threads
     else:
-        n = 1 if torch.Size(data_shape).numel() <= 16 else (os.cpu_count() or 1)
+        per_rank = (os.cpu_count() or 1) // max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
+        n = 1 if torch.Size(data_shape).numel() <= 16 else max(per_rank, 1)
     torch.set_num_threads(n)
 
 

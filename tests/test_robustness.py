@@ -430,3 +430,12 @@ def test_train_settings_no_run_could_use_are_refused(train, message):
     with pytest.raises(MflowError) as err:
         validate({**RECIPE, "train": {**RECIPE["train"], **train}}, "r.yaml")
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_refusal_to_overwrite_prints_only_the_error(workdir, straight, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "s.h5"
+    out.write_bytes(b"precious")
+    assert _mflow(monkeypatch, "sample", workdir / "straight", "-n", 5, "-o", out) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.strip() == f"error: {out} exists; pass --force to overwrite it"
+    assert out.read_bytes() == b"precious"
