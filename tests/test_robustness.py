@@ -74,6 +74,13 @@ def held_save(obj, f, *args, **kwargs):
         hold()
     return save(obj, f, *args, **kwargs)
 torch.save = held_save
+
+from mflow_cli import training  # note when the loop's signal handler has run
+handle = training._StopRequest._handle
+def noted(self, signum, frame):
+    handle(self, signum, frame)
+    open(ready + ".signalled", "w").close()
+training._StopRequest._handle = noted
 sys.argv = ["mflow", *sys.argv[1:]]
 run()
 """
@@ -172,7 +179,11 @@ def test_signal_finishes_the_step_saves_and_exits_cleanly(workdir, straight, sig
     run_dir = workdir / f"signalled_{sig.name}"
     proc, go = _start_held(workdir, run_dir, HOLD_LOSS=7)  # inside step 7
     proc.send_signal(sig)
-    time.sleep(0.2)
+    signalled = Path(str(run_dir.with_suffix(".ready")) + ".signalled")
+    deadline = time.monotonic() + 60
+    while not signalled.exists():
+        assert time.monotonic() < deadline, "the signal never reached the training loop"
+        time.sleep(0.02)
     go.touch()  # let step 7 finish; the loop stops before step 8
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
