@@ -115,6 +115,7 @@ def chart_metrics(
     emp = empirical_cdf_on_grid(dataset.angles(samples), grid.axes, grid.widths)
     out["ks_samples"] = float((emp - cdf_true).abs().max())
     hit = torch.ones(len(log_q), dtype=torch.bool) if deflated else ~missed
+    out["kl_true_model_chart"] = None
     if hit.any():
         out["kl_true_model_chart"], _ = kl_on_manifold(grid.log_p_manifold()[hit], log_q[hit], weights[hit])
     if deflated:
@@ -173,6 +174,7 @@ def evaluate_manifold(
         log_q, missed = density_on_true_manifold(model, x.float(), batch_size, off_manifold_tolerance)
         seconds = time.perf_counter() - start
         hit = ~missed
+        metrics["kl_true_model"] = None  # when the learned manifold misses the true one everywhere
         if hit.any():
             metrics["kl_true_model"], _ = kl_on_manifold(log_true[hit], log_q[hit], weights[hit])
         metrics["model_mass_on_manifold"] = float((log_q.exp() * weights).sum())
