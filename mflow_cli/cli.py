@@ -182,12 +182,15 @@ def bench(
     quick: bool = typer.Option(False, "--quick", help="Tiny sizes (a smoke test, not a benchmark)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     flows: bool = typer.Option(True, "--flows/--no-flows", help="Also time the 9-step RQ coupling flows."),
+    models: bool = typer.Option(
+        True, "--models/--no-models", help="Also time a DNF training step and the on-manifold density (CPU)."
+    ),
     info: bool = typer.Option(False, "--info", help="Only print which kernel path is active."),
 ) -> None:
     """Time the fused kernels against the pure-PyTorch reference path, side by side in one run."""
     import torch
 
-    from .bench import run_bench
+    from .bench import model_rows, run_bench
     from .kernels import backend_info
 
     console.print(f"mflow {__version__}: {backend_info()}; torch {torch.__version__}")
@@ -203,6 +206,19 @@ def bench(
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(r.kernel, r.size, r.mode, f"{r.reference_ms:.3f}", f"{r.fused_ms:.3f}", f"{r.speedup:.2f}×",
+                      f"{r.max_abs_diff:.1e}")
+    console.print(table)
+    if not models or device != "cpu":
+        return
+    with console.status("timing the thin-spiral DNF"):
+        end_to_end = model_rows(repeats=repeats, quick=quick, threads=threads)
+    table = Table(title="thin-spiral DNF end to end (recipes/dnf_spiral.yaml architecture)")
+    for col in ("task", "baseline"):
+        table.add_column(col)
+    for col in ("baseline /s", "mflow /s", "speed-up", "max |Δ|"):
+        table.add_column(col, justify="right")
+    for r in end_to_end:
+        table.add_row(r.task, r.baseline, f"{r.baseline_per_s:,.0f}", f"{r.mflow_per_s:,.0f}", f"{r.speedup:.1f}×",
                       f"{r.max_abs_diff:.1e}")
     console.print(table)
 

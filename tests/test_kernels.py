@@ -351,6 +351,13 @@ def test_bench_command_prints_every_row():
         ref_ms, fused_ms, ratio, diff = float(cells[3]), float(cells[4]), float(cells[5].rstrip("×")), float(cells[6])
         assert ref_ms > 0 and fused_ms > 0 and abs(ratio - ref_ms / fused_ms) <= 0.05 * ratio + 0.02
         assert diff < 1e-3  # float32, the two paths agree
+    for task in ("DNF training step", "on-manifold density"):
+        rows = [ln for ln in lines if task in ln]
+        assert len(rows) == 1, rows
+        cells = [c.strip() for c in rows[0].split("│") if c.strip()]
+        base, ours, ratio, diff = (float(c.replace(",", "").rstrip("×")) for c in cells[2:6])
+        assert base > 0 and ours > 0 and abs(ratio - ours / base) <= 0.05 * ratio + 0.1
+        assert diff < 1e-3  # same loss / same density on both sides
 
 
 def test_bench_info_names_the_active_path():
