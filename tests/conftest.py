@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 from pathlib import Path
 
@@ -28,3 +29,19 @@ def tiny_recipe(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
+
+
+@pytest.fixture
+def mflow(monkeypatch):
+    """Run the ``mflow`` console entry point in-process: ``mflow("train", recipe, ...)`` returns its exit code."""
+    from mflow_cli.cli import run
+
+    def call(*args) -> int:
+        monkeypatch.setattr(sys, "argv", ["mflow", *map(str, args)])
+        try:
+            run()
+        except SystemExit as exc:
+            return exc.code or 0
+        return 0
+
+    return call

@@ -3,7 +3,6 @@ tiny smoke training of every image recipe on the procedural manifold (8×8 or 16
 
 from __future__ import annotations
 
-import sys
 import warnings
 from pathlib import Path
 
@@ -182,17 +181,7 @@ def test_image_recipe_trains_on_the_procedural_manifold(name, tmp_path):
         assert ("test_bits_per_dim_ambient" in metrics) == (recipe.model["kind"] == "dnf")
 
 
-def test_cli_trains_and_plots_an_image_recipe(tmp_path, monkeypatch):
-    from mflow_cli.cli import run
-
-    def mflow(*args):
-        monkeypatch.setattr(sys, "argv", ["mflow", *map(str, args)])
-        try:
-            run()
-        except SystemExit as exc:
-            return exc.code or 0
-        return 0
-
+def test_cli_trains_and_plots_an_image_recipe(tmp_path, mflow):
     out = tmp_path / "run"
     sets = [a for o in [*tiny_overrides("dnf_gan2d"), "plot.n_samples=4"] for a in ("--set", o)]
     assert mflow("train", RECIPES / "dnf_gan2d.yaml", "--out", out, *sets) == 0

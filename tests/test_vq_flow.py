@@ -234,22 +234,10 @@ def test_frechet_distance_equals_direct_scipy_computation():
 
 
 # --------------------------------------------------------------------------- end to end
-def test_cli_train_sample_encode_evaluate_plot_on_toy3d(tmp_path, monkeypatch):
+def test_cli_train_sample_encode_evaluate_plot_on_toy3d(tmp_path, mflow):
     """A tiny VQ-Flow through every verb; encode writes chart, posterior and latents, each (N, ...)."""
-    import sys
-
     import h5py
     import yaml
-
-    from mflow_cli.cli import run
-
-    def mflow(*args) -> int:
-        monkeypatch.setattr(sys, "argv", ["mflow", *map(str, args)])
-        try:
-            run()
-        except SystemExit as exc:
-            return exc.code or 0
-        return 0
 
     doc = {
         "name": "tiny_vq", "seed": 2, "threads": 1,

@@ -21,14 +21,8 @@ class Dataset:
         return x
 
 
-class Simulator(Dataset):
-    """A dataset drawn from a known distribution on a known manifold.
-
-    Subclasses give ``manifold_dim`` and a quadrature over the manifold (:meth:`manifold_grid`) with
-    the true density w.r.t. the manifold's volume measure, so evaluation can compare against it.
-    """
-
-    manifold_dim: int
+class SampledDataset(Dataset):
+    """Train and test sets drawn once from :meth:`sample` with seeds derived from ``seed`` (cached)."""
 
     def __init__(self, n_train: int, n_test: int, seed: int) -> None:
         self.n_train, self.n_test, self.seed = n_train, n_test, seed
@@ -48,6 +42,16 @@ class Simulator(Dataset):
 
     def test_data(self) -> torch.Tensor:
         return self._split("test", self.n_test, 1)
+
+
+class Simulator(SampledDataset):
+    """A dataset drawn from a known distribution on a known manifold.
+
+    Subclasses give ``manifold_dim`` and a quadrature over the manifold (:meth:`manifold_grid`) with
+    the true density w.r.t. the manifold's volume measure, so evaluation can compare against it.
+    """
+
+    manifold_dim: int
 
     def manifold_grid(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Points ``x`` (n, D) on the manifold, true ``log p(x)`` w.r.t. volume, and volume weights.

@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 
 from ..registry import DATASETS
-from .base import Dataset
+from .base import SampledDataset
 
 Shape = Literal["linked_rings", "torus", "spheres"]
 
@@ -97,7 +97,7 @@ def distance_to_support(shape: Shape, x: torch.Tensor) -> torch.Tensor:
 
 
 @DATASETS.register("toy3d")
-class Toy3D(Dataset):
+class Toy3D(SampledDataset):
     """Samples on a toy 3-D support (``shape``) plus Gaussian noise of std ``noise``."""
 
     data_shape = (3,)
@@ -108,8 +108,8 @@ class Toy3D(Dataset):
     ) -> None:
         if noise < 0:
             raise ValueError("noise must be >= 0")
-        self.shape, self.n_train, self.n_test, self.noise, self.seed = shape, n_train, n_test, noise, seed
-        self._cache: dict[str, torch.Tensor] = {}
+        super().__init__(n_train, n_test, seed)
+        self.shape, self.noise = shape, noise
 
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
         x = sample_support(self.shape, n, generator)
@@ -120,14 +120,3 @@ class Toy3D(Dataset):
     def distance_to_support(self, x: torch.Tensor) -> torch.Tensor:
         return distance_to_support(self.shape, x.reshape(len(x), 3))
 
-    def _split(self, name: str, n: int, offset: int) -> torch.Tensor:
-        if name not in self._cache:
-            gen = torch.Generator().manual_seed(self.seed * 2 + offset)
-            self._cache[name] = self.sample(n, gen).float()
-        return self._cache[name]
-
-    def train_data(self) -> torch.Tensor:
-        return self._split("train", self.n_train, 0)
-
-    def test_data(self) -> torch.Tensor:
-        return self._split("test", self.n_test, 1)
