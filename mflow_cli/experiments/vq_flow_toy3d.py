@@ -5,7 +5,7 @@ Train and evaluate the runs first (one at a time), e.g. for the linked rings:
     mflow train recipes/realnvp_toy3d_rings.yaml && mflow evaluate runs/realnvp_toy3d_rings
     mflow train recipes/vqflow_toy3d_rings.yaml && mflow evaluate runs/vqflow_toy3d_rings
 
-then ``python experiments/vq_flow_toy3d.py rings [torus spheres] --out runs/vq_flow_toy3d.png`` draws the
+then ``python -m mflow_cli.experiments.vq_flow_toy3d rings [torus spheres] --out runs/vq_flow_toy3d.png`` draws the
 figure and prints held-out log-likelihood and the mean distance of samples to the true support.
 """
 

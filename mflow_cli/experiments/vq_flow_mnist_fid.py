@@ -1,6 +1,6 @@
 """FID-style score over training for classic flows vs their VQ counterparts on MNIST (VQ-Flow paper, Fig. 4).
 
-    python experiments/vq_flow_mnist_fid.py recipes/realnvp_mnist.yaml recipes/vqflow_mnist_realnvp.yaml \
+    python -m mflow_cli.experiments.vq_flow_mnist_fid recipes/realnvp_mnist.yaml recipes/vqflow_mnist_realnvp.yaml \
         --set data.n_train=10000 --set train.epochs.flow=5 --out runs/vq_flow_mnist_fid
 
 trains each recipe with the generic trainer and, after every epoch of the ``flow`` phase, draws
