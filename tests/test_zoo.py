@@ -45,6 +45,12 @@ def test_ambient_flow_density_integrates_to_one_and_equals_manifold_density():
     on_manifold, proj, _ = model.log_prob_manifold(x)
     assert torch.allclose(proj, x, atol=1e-8)
     assert torch.allclose(on_manifold, model.log_prob_ambient(x), atol=1e-7)
+    # ... and equals M-flow eq. 3 with the decoder Jacobian's Gram determinant (the general path).
+    from mflow_cli.jacobian import batched_jacobian, logdet_gram
+
+    u = model.manifold_coordinates(x)
+    _, jac = batched_jacobian(model.decode, u)
+    assert torch.allclose(on_manifold, model.latent_log_prob(u) - 0.5 * logdet_gram(jac), atol=1e-7)
     loss, logs = model.loss(x, "joint")
     assert set(logs) == {"nll"} and abs(loss.item() + model.log_prob_ambient(x).mean().item()) < 1e-10
 

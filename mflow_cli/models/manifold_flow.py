@@ -154,7 +154,13 @@ class ManifoldFlow(Model):
         """On-manifold log density at the projection of x, with the projection and its u.
 
         Exact (M-flow eq. 3); J_g comes from one batched forward-mode pass (:mod:`mflow_cli.jacobian`).
+        With d = D (the plain ambient flow) the manifold is R^D itself: x is its own projection and
+        ½ log det(J_gᵀJ_g) = −log|det J_f|, read off the flow (no Gram matrix, which may be ill-conditioned
+        far from the data).
         """
+        if self.latent_dim == self.data_dim and self.encoder is None:
+            u, _, logdet = self.project(x)
+            return self.latent_log_prob(u) + logdet, x.reshape(x.shape[0], -1), u
         u = self.manifold_coordinates(x)
         x_proj, jac = batched_jacobian(self.decode, u)
         return self.latent_log_prob(u) - 0.5 * logdet_gram(jac), x_proj, u
