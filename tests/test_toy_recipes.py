@@ -48,6 +48,16 @@ def test_recipe_smoke(recipe, extra, tmp_path):
 
 
 @pytest.mark.slow
+def test_dnf_spiral_meets_kl_bar(tmp_path):
+    """Issue bar: DNF spiral KL(true‖model) < 0.1 nats with the paper's 100 epochs (about 10 minutes on one
+    core). The paper's measure is the deflated density over the whole true spiral; the on-manifold density at
+    projections must agree where the learned manifold passes, and that must be nearly everywhere."""
+    metrics, _ = run("dnf_spiral", tmp_path, ["train.epochs=100", "evaluate.ambient_grid_size=0"])
+    assert metrics["kl_true_model_deflated"] < 0.1
+    assert metrics["kl_true_model"] < 0.1 and metrics["true_mass_off_learned_manifold"] < 0.1
+
+
+@pytest.mark.slow
 def test_dnf_circle_meets_ks_bar(tmp_path):
     """Issue bar: DNF circle KS < 0.1, for the angles of its samples and for the paper's density-CDF KS."""
     metrics, _ = run("dnf_circle", tmp_path, ["train.epochs=20", "evaluate.ambient_grid_size=0"])
@@ -56,6 +66,7 @@ def test_dnf_circle_meets_ks_bar(tmp_path):
 
 @pytest.mark.slow
 def test_dnf_sphere_grid_mass_within_two_percent(tmp_path):
-    """Issue bar: the learned density's mass on the θ/φ grid is within 2% of 1."""
-    metrics, _ = run("dnf_sphere", tmp_path, ["train.epochs=10"])
-    assert abs(metrics["chart_grid_mass"] - 1) < 0.02
+    """Issue bar: the DNF's density on the θ/φ grid (the paper's deflated estimate) has mass within 2% of 1,
+    with the paper's 100 epochs (about 6 minutes on one core; 10 epochs leave it at 0.96)."""
+    metrics, _ = run("dnf_sphere", tmp_path, ["train.epochs=100"])
+    assert abs(metrics["chart_grid_mass_deflated"] - 1) < 0.02 and metrics["ks_density_deflated"] < 0.1
