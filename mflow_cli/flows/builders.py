@@ -12,7 +12,7 @@ from nflows import transforms as T
 from nflows.nn.nets import ResidualNet
 from nflows.utils import create_alternating_binary_mask
 
-from .fused import FusedAffineCouplingTransform, FusedRQCouplingTransform
+from .fused import FusedAffineCouplingTransform, FusedLULinear, FusedRQCouplingTransform
 
 LinearKind = Literal["lu", "permutation"]
 InnerKind = Literal["affine-autoregressive", "rq-coupling", "affine-coupling"]
@@ -22,7 +22,7 @@ def _linear(features: int, kind: LinearKind) -> T.Transform:
     if features == 1:
         return T.IdentityTransform()
     if kind == "lu":
-        return T.CompositeTransform([T.RandomPermutation(features), T.LULinear(features, identity_init=True)])
+        return T.CompositeTransform([T.RandomPermutation(features), FusedLULinear(features, identity_init=True)])
     return T.RandomPermutation(features)
 
 

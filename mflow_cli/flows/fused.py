@@ -1,4 +1,5 @@
-"""Drop-in replacements for nflows' RQ-spline and affine coupling layers that use the fused kernels.
+"""Drop-in replacements for nflows' RQ-spline and affine coupling layers that use the fused kernels, and
+for its LU-linear layer with a leaner forward pass.
 
 Same constructor arguments, same submodules and buffers (so the same ``state_dict`` keys: checkpoints
 load into either class), same numerics. The conditioner network stays a torch module; the fused
@@ -13,6 +14,7 @@ import warnings
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from nflows import transforms as T
 
 from .. import kernels
@@ -21,6 +23,19 @@ from .. import kernels
 def _check_features(inputs: torch.Tensor, features: int) -> None:
     if inputs.shape[1] != features:
         raise ValueError(f"Expected features = {features}, got {inputs.shape[1]}.")
+
+
+def _identity_part(layer, inputs: torch.Tensor) -> torch.Tensor:
+    """The conditioner's input ``inputs[:, identity_features]``: a strided view when the features are evenly
+    spaced (alternating masks), which saves a gather and its scatter backward per layer."""
+    if not hasattr(layer, "_identity_step"):
+        idx = layer.identity_features.tolist()
+        steps = {b - a for a, b in zip(idx, idx[1:], strict=False)}
+        layer._identity_step = (idx[0], steps.pop() if len(steps) == 1 else (1 if len(idx) == 1 else None))
+    start, step = layer._identity_step
+    if step is None or step <= 0:
+        return inputs[:, layer.identity_features]
+    return inputs[:, start::step][:, : layer.identity_features.numel()]
 
 
 class FusedRQCouplingTransform(T.PiecewiseRationalQuadraticCouplingTransform):
@@ -46,7 +61,7 @@ class FusedRQCouplingTransform(T.PiecewiseRationalQuadraticCouplingTransform):
 
     def _run(self, inputs: torch.Tensor, context, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
         _check_features(inputs, self.features)
-        params = self.transform_net(inputs[:, self.identity_features], context)
+        params = self.transform_net(_identity_part(self, inputs), context)
         params = params.reshape(inputs.shape[0], self.num_transform_features, -1)
         return kernels.rq_coupling(
             inputs, params, self.transform_features, inverse, self.num_bins, self.tail_bound,
@@ -72,7 +87,7 @@ class FusedAffineCouplingTransform(T.AffineCouplingTransform):
 
     def _run(self, inputs: torch.Tensor, context, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
         _check_features(inputs, self.features)
-        params = self.transform_net(inputs[:, self.identity_features], context)
+        params = self.transform_net(_identity_part(self, inputs), context)
         return kernels.affine_coupling(inputs, params, self.transform_features, inverse)
 
     def forward(self, inputs, context=None):
@@ -84,3 +99,28 @@ class FusedAffineCouplingTransform(T.AffineCouplingTransform):
         if self._fusable(inputs):
             return self._run(inputs, context, inverse=True)
         return super().inverse(inputs, context)
+
+
+class FusedLULinear(T.LULinear):
+    """:class:`nflows.transforms.LULinear` whose forward pass builds W = LU with one scatter per triangle and
+    applies it in one ``F.linear`` (nflows: four ``index_put`` and two products per call, which dominate
+    small 2-D flows). Same parameters, same ``state_dict``; the inverse is nflows' own."""
+
+    def __init__(self, features: int, using_cache: bool = False, identity_init: bool = True, eps: float = 1e-3):
+        super().__init__(features, using_cache, identity_init, eps)
+        flat = lambda idx: torch.as_tensor(idx[0] * features + idx[1], dtype=torch.long)  # noqa: E731
+        self.register_buffer("_lower_flat", flat(self.lower_indices), persistent=False)
+        self.register_buffer("_upper_flat", torch.cat([flat(self.upper_indices), flat(self.diag_indices)]),
+                             persistent=False)
+        self.register_buffer("_eye", torch.eye(features), persistent=False)
+
+    def forward_no_cache(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not kernels.fused_enabled():
+            return super().forward_no_cache(inputs)
+        d = self.features
+        zeros = self.lower_entries.new_zeros(d * d)
+        lower = zeros.scatter(0, self._lower_flat, self.lower_entries).view(d, d) + self._eye.to(zeros.dtype)
+        upper_diag = self.upper_diag
+        upper = zeros.scatter(0, self._upper_flat, torch.cat([self.upper_entries, upper_diag])).view(d, d)
+        outputs = F.linear(inputs, lower @ upper, self.bias)
+        return outputs, torch.log(upper_diag).sum().expand(inputs.shape[0]).contiguous()
