@@ -21,7 +21,6 @@ import torch
 import yaml
 
 from mflow_cli import io
-from mflow_cli.cli import run as cli_run
 from mflow_cli.errors import MflowError
 from mflow_cli.models.manifold_flow import ManifoldFlow
 from mflow_cli.recipe import validate
@@ -199,15 +198,6 @@ def test_signal_finishes_the_step_saves_and_exits_cleanly(workdir, straight, sig
 # --------------------------------------------------------------------------- non-finite values
 
 
-def _mflow(monkeypatch, *args) -> int:
-    monkeypatch.setattr(sys, "argv", ["mflow", *map(str, args)])
-    try:
-        cli_run()
-    except SystemExit as exc:
-        return exc.code or 0
-    return 0
-
-
 def _poison(monkeypatch, after: int, how: str) -> None:
     """Make every loss after the first ``after`` calls NaN, or finite with NaN gradients."""
     original, calls = ManifoldFlow.loss, [0]
@@ -227,11 +217,11 @@ def _poison(monkeypatch, after: int, how: str) -> None:
 
 
 @pytest.mark.parametrize("how", ["loss", "gradient"])
-def test_non_finite_steps_are_skipped_counted_and_stop_training(tmp_path, monkeypatch, capsys, how):
+def test_non_finite_steps_are_skipped_counted_and_stop_training(tmp_path, monkeypatch, capsys, how, mflow):
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump({**RECIPE, "train": {**RECIPE["train"], "max_nonfinite_steps": 3}}))
     _poison(monkeypatch, after=5, how=how)  # steps 1-5 fine, then 4 bad ones: stop on the 4th
-    assert _mflow(monkeypatch, "train", path, "--out", tmp_path / "run") == 2
+    assert mflow("train", path, "--out", tmp_path / "run") == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: training stopped: 4 non-finite losses (phase joint, epoch 3)"), err
     assert len(err.splitlines()) == 1 and "last good checkpoint is kept" in err
@@ -276,14 +266,14 @@ class _Payload:
 
 
 @pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy-pickle"])
-def test_malicious_checkpoint_is_refused_and_never_runs(workdir, straight, tmp_path, monkeypatch, capsys, legacy):
+def test_malicious_checkpoint_is_refused_and_never_runs(workdir, straight, tmp_path, capsys, legacy, mflow):
     marker = tmp_path / "pwned"
     run_dir = tmp_path / "evil"
     run_dir.mkdir()
     state = io.load_torch(workdir / "straight" / "checkpoint.pt")
     state["rng"] = _Payload(marker)
     torch.save(state, run_dir / "checkpoint.pt", _use_new_zipfile_serialization=not legacy)
-    code = _mflow(monkeypatch, "train", workdir / "robust.yaml", "--out", run_dir, "--resume")
+    code = mflow("train", workdir / "robust.yaml", "--out", run_dir, "--resume")
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
     assert err.startswith(f"error: {run_dir / 'checkpoint.pt'}: refused to load: not a plain weights checkpoint")
@@ -291,17 +281,17 @@ def test_malicious_checkpoint_is_refused_and_never_runs(workdir, straight, tmp_p
     # The same payload as a run's model file: sample/encode/evaluate refuse it too.
     torch.save({"state_dict": _Payload(marker)}, run_dir / "model.pt")
     for verb in (["sample", run_dir, "-n", 5, "-o", tmp_path / "s.h5"], ["evaluate", run_dir]):
-        assert _mflow(monkeypatch, *verb) == 2
+        assert mflow(*verb) == 2
         assert "refused to load" in capsys.readouterr().err
     assert not marker.exists() and not (tmp_path / "s.h5").exists()
 
 
-def test_truncated_checkpoint_gives_one_line(workdir, straight, tmp_path, monkeypatch, capsys):
+def test_truncated_checkpoint_gives_one_line(workdir, straight, tmp_path, monkeypatch, capsys, mflow):
     run_dir = tmp_path / "cut"
     run_dir.mkdir()
     data = (workdir / "straight" / "checkpoint.pt").read_bytes()
     (run_dir / "checkpoint.pt").write_bytes(data[: len(data) // 2])
-    assert _mflow(monkeypatch, "train", workdir / "robust.yaml", "--out", run_dir, "--resume") == 2
+    assert mflow("train", workdir / "robust.yaml", "--out", run_dir, "--resume") == 2
     err = capsys.readouterr().err.strip()
     assert "unreadable checkpoint" in err and len(err.splitlines()) == 1
 
@@ -335,44 +325,44 @@ def _one_line_error(capsys, expected: str) -> None:
     ],
     ids=["inf", "1-d", "3-d", "complex", "bytes", "empty-file", "zero-bytes"],
 )
-def test_bad_hdf5_input_one_line_exit_2(workdir, straight, tmp_path, monkeypatch, capsys, make, expected):
+def test_bad_hdf5_input_one_line_exit_2(workdir, straight, tmp_path, monkeypatch, capsys, make, expected, mflow):
     src = make(tmp_path / "in.h5")
     out = tmp_path / "out.h5"
-    assert _mflow(monkeypatch, "encode", workdir / "straight", src, "-o", out) == 2
+    assert mflow("encode", workdir / "straight", src, "-o", out) == 2
     _one_line_error(capsys, expected)
     assert not out.exists() and not list(tmp_path.glob(".out.h5*"))
 
 
-def test_truncated_hdf5_data_one_line_exit_2(workdir, straight, tmp_path, monkeypatch, capsys):
+def test_truncated_hdf5_data_one_line_exit_2(workdir, straight, tmp_path, monkeypatch, capsys, mflow):
     """The header survives but the rows are cut off: refused with one line, nothing written."""
     src = _h5(tmp_path / "in.h5", chunks=(1000, 2), x=np.random.default_rng(0).random((20000, 2), np.float32))
     data = src.read_bytes()
     src.write_bytes(data[: int(len(data) * 0.6)])
     out = tmp_path / "out.h5"
-    assert _mflow(monkeypatch, "encode", workdir / "straight", src, "-o", out) == 2
+    assert mflow("encode", workdir / "straight", src, "-o", out) == 2
     err = capsys.readouterr().err.strip()
     assert ("truncated" in err or "not a readable HDF5" in err) and len(err.splitlines()) == 1, err
     assert not out.exists() and not list(tmp_path.glob(".out.h5*"))
 
 
-def test_bad_row_after_the_first_batch_leaves_no_output(workdir, straight, tmp_path, monkeypatch, capsys):
+def test_bad_row_after_the_first_batch_leaves_no_output(workdir, straight, tmp_path, monkeypatch, capsys, mflow):
     x = np.random.default_rng(1).random((2500, 2)).astype(np.float32)
     x[1700, 1] = np.nan
     src = _h5(tmp_path / "in.h5", x=x)
     out = tmp_path / "out.h5"
-    assert _mflow(monkeypatch, "encode", workdir / "straight", src, "-o", out, "--batch-size", 1000) == 2
+    assert mflow("encode", workdir / "straight", src, "-o", out, "--batch-size", 1000) == 2
     _one_line_error(capsys, "row 1700 holds NaN or inf")
     assert not out.exists() and not list(tmp_path.glob(".out.h5*"))
 
 
-def test_encode_refuses_to_overwrite_without_force(workdir, straight, tmp_path, monkeypatch, capsys):
+def test_encode_refuses_to_overwrite_without_force(workdir, straight, tmp_path, monkeypatch, capsys, mflow):
     src = _h5(tmp_path / "in.h5", x=np.random.default_rng(2).random((50, 2)).astype(np.float32))
     out = tmp_path / "out.h5"
     out.write_bytes(b"precious")
-    assert _mflow(monkeypatch, "encode", workdir / "straight", src, "-o", out) == 2
+    assert mflow("encode", workdir / "straight", src, "-o", out) == 2
     _one_line_error(capsys, "exists; pass --force to overwrite it")
     assert out.read_bytes() == b"precious"
-    assert _mflow(monkeypatch, "encode", workdir / "straight", src, "-o", out, "--force") == 0
+    assert mflow("encode", workdir / "straight", src, "-o", out, "--force") == 0
     with h5py.File(out) as fh:
         assert fh["latents"].shape == (50, 1) and np.isfinite(fh["log_prob"][:]).all()
 
@@ -443,10 +433,10 @@ def test_train_settings_no_run_could_use_are_refused(train, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
-def test_refusal_to_overwrite_prints_only_the_error(workdir, straight, tmp_path, monkeypatch, capsys):
+def test_refusal_to_overwrite_prints_only_the_error(workdir, straight, tmp_path, monkeypatch, capsys, mflow):
     out = tmp_path / "s.h5"
     out.write_bytes(b"precious")
-    assert _mflow(monkeypatch, "sample", workdir / "straight", "-n", 5, "-o", out) == 2
+    assert mflow("sample", workdir / "straight", "-n", 5, "-o", out) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.strip() == f"error: {out} exists; pass --force to overwrite it"
     assert out.read_bytes() == b"precious"
