@@ -125,12 +125,12 @@ def test_loss_weights():
     base = small(DNF, noise_std=0.0)
     torch.manual_seed(1)
     l0, logs = base.loss(x, "joint")
-    assert abs(float(l0) - (logs["mse"] + logs["nll"])) < 1e-9
+    assert abs(l0.item() - (logs["mse"] + logs["nll"])) < 1e-9
     weighted = small(DNF, noise_std=0.0, nll_weight=0.5, reconstruction_weight=3.0, latent_l2_weight=0.1)
     l1, logs1 = weighted.loss(x, "joint")
     u, v, _ = weighted.project(x)
     l2 = torch.cat([u, v], 1).pow(2).sum(1).mean()
-    assert abs(float(l1) - (3.0 * logs1["mse"] + 0.5 * logs1["nll"] + 0.1 * float(l2))) < 1e-9
+    assert abs(l1.item() - (3.0 * logs1["mse"] + 0.5 * logs1["nll"] + 0.1 * l2.item())) < 1e-9
 
 
 def test_every_kind_samples_and_encodes():
