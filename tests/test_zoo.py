@@ -143,4 +143,4 @@ def test_every_kind_samples_and_encodes():
         assert out["latents"].shape == (5, model.latent_dim)
         assert torch.isfinite(out["log_prob"]).all()
         assert ("log_prob_ambient" in out) == model.has_ambient_density
-        assert math.isfinite(float(model.loss(torch.randn(8, 2, dtype=torch.float64), model.phases()[0])[0]))
+        assert math.isfinite(float(model.loss(torch.randn(8, 2, dtype=torch.float64), model.phases()[0])[0].item()))
