@@ -244,6 +244,6 @@ def run() -> None:
         if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
             sys.exit(exc.exit_code)
-        if type(exc).__name__ == "Abort":
+        if isinstance(exc, typer.Abort):
             sys.exit(130)
         raise

@@ -19,8 +19,8 @@ import math
 from pathlib import Path
 
 import torch
+from rich.console import Console
 
-import mflow_cli.datasets.images_standard  # noqa: F401  (registers mnist where the package does not yet)
 from mflow_cli.metrics.fid import fid_score
 from mflow_cli.metrics.vq_flow import batched_log_prob, feature_network, sample_in_batches, to_images
 from mflow_cli.plots.common import pyplot, save
@@ -28,6 +28,8 @@ from mflow_cli.plots.vq_flow import image_grid
 from mflow_cli.recipe import load_recipe
 from mflow_cli.runs import build_dataset, build_model
 from mflow_cli.training import TrainConfig, TrainingMonitor, train
+
+console = Console()
 
 
 class FIDMonitor(TrainingMonitor):
@@ -46,7 +48,7 @@ class FIDMonitor(TrainingMonitor):
     def epoch_end(self, record):
         if record["phase"] == "flow":
             self.scores.append((record["epoch"], record.get("nll", float("nan")), self.score()))
-            print(f"  epoch {record['epoch']}: nll {self.scores[-1][1]:.2f}  FID {self.scores[-1][2]:.3f}", flush=True)
+            console.print(f"  epoch {record['epoch']}: nll {self.scores[-1][1]:.2f}  FID {self.scores[-1][2]:.3f}")
 
 
 def main() -> None:
@@ -70,14 +72,14 @@ def main() -> None:
         net = feature_network(dataset, None, "runs/.fid_cache")
         reference = to_images(dataset, dataset.test_data())
         monitor = FIDMonitor(model, dataset, net, reference, args.n_fid)
-        print(recipe.name, flush=True)
+        console.print(recipe.name)
         train(model, data, TrainConfig(**recipe.train), seed=recipe.seed, monitor=monitor,
               batch_transform=dataset.batch_transform)
         model.eval()
         test = dataset.test_data()
         log_p = batched_log_prob(model, test, 500)
         bpd = float(-(log_p + dataset.log_jacobian_to_pixels(test)).mean() / (test[0].numel() * math.log(2)))
-        print(f"  test bits/dim {bpd:.3f}", flush=True)
+        console.print(f"  test bits/dim {bpd:.3f}")
         torch.manual_seed(0)
         image_grid(to_images(dataset, model.sample(64)), out / f"samples_{recipe.name}.png", recipe.name)
         results[recipe.name] = {"epoch_nll_fid": monitor.scores, "test_bits_per_dim": bpd}
@@ -90,7 +92,7 @@ def main() -> None:
     ax.set_xlabel("epoch (flow phase)")
     ax.set_ylabel("Fréchet distance (classifier features)")
     ax.legend()
-    print("wrote", save(fig, out / "fid.png"), out / "fid.json")
+    console.print(f"wrote {save(fig, out / 'fid.png')} {out / 'fid.json'}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ import json
 from pathlib import Path
 
 import torch
+from rich.console import Console
+from rich.table import Table
 
 from mflow_cli.plots.common import pyplot, save
 from mflow_cli.plots.vq_flow import scatter3d
@@ -33,7 +35,7 @@ def main() -> None:
     plt = pyplot()
     fig = plt.figure(figsize=(12.6, 4.2 * len(args.shapes)))
     keys = ("test_log_likelihood", "mean_sample_distance_to_support", "atlas_mass")
-    print(f"{'run':28s} " + " ".join(f"{k:>32s}" for k in keys))
+    table = Table("run", *keys)
     for row, shape in enumerate(args.shapes):
         panels = []
         for col, name in enumerate((f"realnvp_toy3d_{shape}", f"vqflow_toy3d_{shape}")):
@@ -45,12 +47,14 @@ def main() -> None:
             label = "classic RealNVP" if col == 0 else f"VQ-RealNVP ({model.num_charts} charts)"
             panels.append((label, x, k.float() if model.num_charts > 1 else None))
             ev = json.loads((run / "evaluation.json").read_text()) if (run / "evaluation.json").is_file() else {}
-            print(f"{name:28s} " + " ".join(f"{ev.get(key, float('nan')):>32.4f}" for key in keys))
+            table.add_row(name, *(f"{ev.get(key, float('nan')):.4f}" for key in keys))
         data = build_dataset(recipe).test_data()[: args.n]
         for col, (title, x, colour) in enumerate([("data", data, None), *panels]):
             ax = fig.add_subplot(len(args.shapes), 3, 3 * row + col + 1, projection="3d")
             scatter3d(ax, x, f"{shape}: {title}", colour)
-    print("wrote", save(fig, Path(args.out)))
+    console = Console()
+    console.print(table)
+    console.print(f"wrote {save(fig, Path(args.out))}")
 
 
 if __name__ == "__main__":

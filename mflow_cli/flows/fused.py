@@ -28,14 +28,14 @@ def _check_features(inputs: torch.Tensor, features: int) -> None:
 def _identity_part(layer, inputs: torch.Tensor) -> torch.Tensor:
     """The conditioner's input ``inputs[:, identity_features]``: a strided view when the features are evenly
     spaced (alternating masks), which saves a gather and its scatter backward per layer."""
-    if not hasattr(layer, "_identity_step"):
+    if not hasattr(layer, "_identity_slice"):
         idx = layer.identity_features.tolist()
-        steps = {b - a for a, b in zip(idx, idx[1:], strict=False)}
-        layer._identity_step = (idx[0], steps.pop() if len(steps) == 1 else (1 if len(idx) == 1 else None))
-    start, step = layer._identity_step
-    if step is None or step <= 0:
+        step = idx[1] - idx[0] if len(idx) > 1 else 1
+        evenly = step > 0 and idx == list(range(idx[0], idx[-1] + 1, step))
+        layer._identity_slice = slice(idx[0], idx[-1] + 1, step) if evenly else None
+    if layer._identity_slice is None:
         return inputs[:, layer.identity_features]
-    return inputs[:, start::step][:, : layer.identity_features.numel()]
+    return inputs[:, layer._identity_slice]
 
 
 class FusedRQCouplingTransform(T.PiecewiseRationalQuadraticCouplingTransform):
@@ -108,7 +108,9 @@ class FusedLULinear(T.LULinear):
 
     def __init__(self, features: int, using_cache: bool = False, identity_init: bool = True, eps: float = 1e-3):
         super().__init__(features, using_cache, identity_init, eps)
-        flat = lambda idx: torch.as_tensor(idx[0] * features + idx[1], dtype=torch.long)  # noqa: E731
+        def flat(rows_cols) -> torch.Tensor:  # (row, col) index arrays -> positions in the flattened matrix
+            return torch.as_tensor(rows_cols[0] * features + rows_cols[1], dtype=torch.long)
+
         self.register_buffer("_lower_flat", flat(self.lower_indices), persistent=False)
         self.register_buffer("_upper_flat", torch.cat([flat(self.upper_indices), flat(self.diag_indices)]),
                              persistent=False)
@@ -119,7 +121,7 @@ class FusedLULinear(T.LULinear):
             return super().forward_no_cache(inputs)
         d = self.features
         zeros = self.lower_entries.new_zeros(d * d)
-        lower = zeros.scatter(0, self._lower_flat, self.lower_entries).view(d, d) + self._eye.to(zeros.dtype)
+        lower = zeros.scatter(0, self._lower_flat, self.lower_entries).view(d, d) + self._eye
         upper_diag = self.upper_diag
         upper = zeros.scatter(0, self._upper_flat, torch.cat([self.upper_entries, upper_diag])).view(d, d)
         outputs = F.linear(inputs, lower @ upper, self.bias)
