@@ -278,9 +278,9 @@ def run_bench(
 ) -> list[BenchRow]:
     """All rows (kernels, then the coupling flows), with ``threads`` intra-op threads (None: unchanged)."""
     if not kernels.extension_loaded():
-        from .errors import MflowError
+        from .errors import ConfigError
 
-        raise MflowError(f"mflow bench: nothing to compare, {kernels.backend_info()}")
+        raise ConfigError(f"mflow bench: nothing to compare, {kernels.backend_info()}")
     with _threads(threads):
         rows = kernel_rows(repeats, quick=quick, device=device)
         if flows:

@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import __version__
-from .errors import MflowError
+from .errors import ConfigError
 
 app = typer.Typer(
     add_completion=False,
@@ -224,12 +224,12 @@ def bench(
 
 
 def run() -> None:
-    """Console-script entry point: turn :class:`MflowError` into one line and its exit code."""
+    """Console-script entry point: turn :class:`ConfigError` into one line and its exit code."""
     warnings.filterwarnings("ignore", module="nflows")
     warnings.filterwarnings("ignore", message=".*triangular_solve is deprecated.*")
     try:
         app(standalone_mode=False)
-    except MflowError as err:
+    except ConfigError as err:
         # The message quotes user input (keys, paths): print it literally (no rich markup) and on one line.
         line = escape(str(err).replace("\r", "\\r").replace("\n", "\\n"))
         err_console.print(f"[red]error:[/] {line}", highlight=False, soft_wrap=True)

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .errors import MflowError
+from .errors import ConfigError
 
 
 class _PhaseLoss(nn.Module):
@@ -110,7 +110,7 @@ def from_env(device: torch.device) -> Distributed | None:
     try:
         rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     except (KeyError, ValueError):
-        raise MflowError("WORLD_SIZE > 1 but RANK is not set: launch multi-process training with torchrun") from None
+        raise ConfigError("WORLD_SIZE > 1 but RANK is not set: launch multi-process training with torchrun") from None
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)

@@ -1,7 +1,12 @@
-"""The one exception type users see: a one-line message, exit code 2, no traceback."""
+"""The one error type for bad configuration or input.
+
+Library constructors and readers raise :class:`ConfigError` with a message that names the argument (or
+file) and what is wrong; the application layer adds where it came from (``recipe.yaml: model.latent_dim``)
+and the CLI prints it as one line with exit code 2, never a traceback.
+"""
 
 
-class MflowError(Exception):
-    """Bad user input (recipe, file, option). The CLI prints ``str(err)`` and exits with code 2."""
+class ConfigError(ValueError):
+    """Bad user input (argument value, recipe, file, option): a one-line message, exit code 2."""
 
     exit_code = 2

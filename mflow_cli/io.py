@@ -1,7 +1,7 @@
 """All file I/O: checkpoints, HDF5 arrays, JSON/JSONL metrics, recipes on disk.
 
 Every writer is atomic (temp file in the same folder, renamed at the end), so a crash or a bad input
-never leaves a half-written output. Every reader turns a bad file into a one-line :class:`MflowError`.
+never leaves a half-written output. Every reader turns a bad file into a one-line :class:`ConfigError`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from . import __version__
-from .errors import MflowError
+from .errors import ConfigError
 
 
 @contextlib.contextmanager
@@ -54,7 +54,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 def refuse_overwrite(path: str | Path, force: bool) -> None:
     if Path(path).exists() and not force:
-        raise MflowError(f"{path} exists; pass --force to overwrite it")
+        raise ConfigError(f"{path} exists; pass --force to overwrite it")
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -73,17 +73,17 @@ def load_torch(path: str | Path) -> dict:
     """Load a checkpoint with ``weights_only=True``: tensors and plain containers only, no code."""
     path = Path(path)
     if not path.is_file():
-        raise MflowError(f"checkpoint not found: {path}")
+        raise ConfigError(f"checkpoint not found: {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         lines = [ln.strip() for ln in str(err).splitlines() if "Unsupported" in ln or "unpickler" in ln.lower()]
         why = lines[0].split(" was not")[0] if lines else "unsupported content"
-        raise MflowError(f"{path}: refused to load: not a plain weights checkpoint ({why[:120]})") from None
+        raise ConfigError(f"{path}: refused to load: not a plain weights checkpoint ({why[:120]})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise MflowError(f"{path}: unreadable checkpoint ({str(err).splitlines()[0][:120]})") from None
+        raise ConfigError(f"{path}: unreadable checkpoint ({str(err).splitlines()[0][:120]})") from None
     if not isinstance(obj, dict):
-        raise MflowError(f"{path}: not an mflow checkpoint")
+        raise ConfigError(f"{path}: not an mflow checkpoint")
     return obj
 
 
@@ -112,7 +112,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
             records.append(json.loads(line))
         except json.JSONDecodeError:
             if i < len(lines) - 1:
-                raise MflowError(f"{path}: line {i + 1} is not JSON") from None
+                raise ConfigError(f"{path}: line {i + 1} is not JSON") from None
     return records
 
 
@@ -177,41 +177,41 @@ def open_h5_input(path: str | Path, dataset: str | None, sample_shape: tuple[int
     """Check that ``path`` holds a float dataset of shape (N, *sample_shape); return its name and N."""
     path = Path(path)
     if not path.is_file():
-        raise MflowError(f"input file not found: {path}")
+        raise ConfigError(f"input file not found: {path}")
     try:
         fh = h5py.File(path, "r")
     except OSError:
-        raise MflowError(f"{path}: not a readable HDF5 file (truncated or another format)") from None
+        raise ConfigError(f"{path}: not a readable HDF5 file (truncated or another format)") from None
     with fh:
         if dataset is None:
             names = [k for k, v in fh.items() if isinstance(v, h5py.Dataset)]
             if len(names) != 1:
                 listed = ", ".join(names) or "none"
-                raise MflowError(f"{path}: pass --dataset NAME (datasets in the file: {listed})")
+                raise ConfigError(f"{path}: pass --dataset NAME (datasets in the file: {listed})")
             dataset = names[0]
         if dataset not in fh or not isinstance(fh[dataset], h5py.Dataset):
             listed = ", ".join(k for k, v in fh.items() if isinstance(v, h5py.Dataset)) or "none"
-            raise MflowError(f"{path}: no dataset '{dataset}' (datasets in the file: {listed})")
+            raise ConfigError(f"{path}: no dataset '{dataset}' (datasets in the file: {listed})")
         ds = fh[dataset]
         if ds.dtype.kind != "f":
-            raise MflowError(f"{path}:{dataset}: dtype {ds.dtype} is not floating point")
+            raise ConfigError(f"{path}:{dataset}: dtype {ds.dtype} is not floating point")
         want = (None, *sample_shape)
         if ds.ndim != len(want) or tuple(ds.shape[1:]) != tuple(sample_shape):
             expect = "(N, " + ", ".join(str(s) for s in sample_shape) + ")"
-            raise MflowError(f"{path}:{dataset}: shape {tuple(ds.shape)} does not match the model's {expect}")
+            raise ConfigError(f"{path}:{dataset}: shape {tuple(ds.shape)} does not match the model's {expect}")
         return dataset, int(ds.shape[0])
 
 
 def iter_h5_batches(path: str | Path, dataset: str, batch_size: int) -> Iterator[tuple[int, torch.Tensor]]:
-    """Stream (start, batch) float32 tensors; NaN/inf or a truncated file raise :class:`MflowError`."""
+    """Stream (start, batch) float32 tensors; NaN/inf or a truncated file raise :class:`ConfigError`."""
     with h5py.File(path, "r") as fh:
         ds = fh[dataset]
         for start in range(0, ds.shape[0], batch_size):
             try:
                 arr = np.asarray(ds[start : start + batch_size], dtype=np.float32)
             except (OSError, RuntimeError):
-                raise MflowError(f"{path}:{dataset}: rows from {start} cannot be read (truncated file?)") from None
+                raise ConfigError(f"{path}:{dataset}: rows from {start} cannot be read (truncated file?)") from None
             bad = ~np.isfinite(arr).reshape(len(arr), -1).all(axis=1)
             if bad.any():
-                raise MflowError(f"{path}:{dataset}: row {start + int(np.argmax(bad))} holds NaN or inf")
+                raise ConfigError(f"{path}:{dataset}: row {start + int(np.argmax(bad))} holds NaN or inf")
             yield start, torch.from_numpy(arr)

@@ -8,7 +8,7 @@ A recipe has top-level keys ``name``, ``seed``, ``device``, ``threads`` and the 
 - ``evaluate`` / ``plot``: keyword arguments of the model family's evaluator / plotter.
 
 Validation reads each target's signature and type hints, so the schema cannot drift from the code:
-an unknown key, a wrong type, a missing required key or a missing file is a :class:`MflowError`
+an unknown key, a wrong type, a missing required key or a missing file is a :class:`ConfigError`
 naming the key and the recipe file. Nothing is built until the whole recipe is valid.
 """
 
@@ -26,7 +26,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from .errors import MflowError
+from .errors import ConfigError
 
 TOP_LEVEL = ("name", "seed", "device", "threads", "data", "model", "train", "evaluate", "plot")
 SECTIONS = ("data", "model", "train", "evaluate", "plot")
@@ -149,24 +149,24 @@ def validate_kwargs(target: Callable, values: dict, section: str, source: str) -
     for key in values:
         if key not in params:
             expected = ", ".join(params) or "no keys"
-            raise MflowError(f"{source}: unknown key {f'{section}.{key}'!r} (expected one of: {expected})")
+            raise ConfigError(f"{source}: unknown key {f'{section}.{key}'!r} (expected one of: {expected})")
     resolved = {}
     for name, p in params.items():
         if name not in values:
             if p.default is inspect.Parameter.empty:
-                raise MflowError(f"{source}: missing required key '{section}.{name}'")
+                raise ConfigError(f"{source}: missing required key '{section}.{name}'")
             resolved[name] = copy.deepcopy(p.default)
             continue
         tp = hints.get(name, Any)
         ok, value = _check(values[name], tp)
         if not ok:
-            raise MflowError(
+            raise ConfigError(
                 f"{source}: '{section}.{name}' must be {_type_name(tp)}, got {_short(values[name])}"
             )
         if isinstance(value, str) and _mentions(tp, ExistingPath) and not os.path.exists(
             os.path.expanduser(value)
         ):
-            raise MflowError(f"{source}: '{section}.{name}': file not found: {value!r}")
+            raise ConfigError(f"{source}: '{section}.{name}': file not found: {value!r}")
         resolved[name] = value
     return resolved
 
@@ -184,7 +184,7 @@ def parse_overrides(pairs: list[str]) -> list[tuple[str, Any]]:
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
-            raise MflowError(f"--set {pair!r}: expected key=value, e.g. --set train.epochs=5")
+            raise ConfigError(f"--set {pair!r}: expected key=value, e.g. --set train.epochs=5")
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:
@@ -209,13 +209,13 @@ def apply_overrides(doc: dict, overrides: list[tuple[str, Any]]) -> dict:
                 owners = [s for s in SECTIONS if parts[0] in _section_keys(doc, s)]
             if len(owners) != 1:
                 where = " or ".join(f"{s}.{parts[0]}" for s in owners) or "no section"
-                raise MflowError(f"--set {key}: ambiguous or unknown key ({where}); write section.key")
+                raise ConfigError(f"--set {key}: ambiguous or unknown key ({where}); write section.key")
             parts = [owners[0], parts[0]]
         node = doc
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise MflowError(f"--set {key}: '{part}' is not a section")
+                raise ConfigError(f"--set {key}: '{part}' is not a section")
             node = child
         node[parts[-1]] = value
     return doc
@@ -244,20 +244,20 @@ def _section_keys(doc: dict, section: str) -> set[str]:
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise MflowError(f"recipe file not found: {path}")
+        raise ConfigError(f"recipe file not found: {path}")
     try:
         doc = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or "invalid YAML"
-        raise MflowError(f"{path}: {problem}{line}") from None
+        raise ConfigError(f"{path}: {problem}{line}") from None
     except UnicodeDecodeError:
-        raise MflowError(f"{path}: not a text file") from None
+        raise ConfigError(f"{path}: not a text file") from None
     if doc is None:
         doc = {}
     if not isinstance(doc, dict):
-        raise MflowError(f"{path}: a recipe must be a mapping of sections, got {type(doc).__name__}")
+        raise ConfigError(f"{path}: a recipe must be a mapping of sections, got {type(doc).__name__}")
     return doc
 
 
@@ -268,10 +268,10 @@ def validate(doc: Any, source: str, default_name: str = "run") -> Recipe:
     from .training import TrainConfig
 
     if not isinstance(doc, dict):
-        raise MflowError(f"{source}: a recipe must be a mapping of sections")
+        raise ConfigError(f"{source}: a recipe must be a mapping of sections")
     for key in doc:
         if key not in TOP_LEVEL:
-            raise MflowError(
+            raise ConfigError(
                 f"{source}: unknown top-level key {_short(key)} (expected one of: {', '.join(TOP_LEVEL)})"
             )
     for section in SECTIONS:
@@ -279,7 +279,7 @@ def validate(doc: Any, source: str, default_name: str = "run") -> Recipe:
         if value is None:
             value = {}
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-            raise MflowError(f"{source}: section '{section}' must be a mapping of keys")
+            raise ConfigError(f"{source}: section '{section}' must be a mapping of keys")
     top = {
         "name": (str, doc.get("name", default_name)),
         "seed": (int, doc.get("seed", 0)),
@@ -289,16 +289,16 @@ def validate(doc: Any, source: str, default_name: str = "run") -> Recipe:
     for key, (tp, value) in top.items():
         ok, _ = _check(value, tp)
         if not ok:
-            raise MflowError(f"{source}: '{key}' must be {_type_name(tp)}, got {_short(value)}")
+            raise ConfigError(f"{source}: '{key}' must be {_type_name(tp)}, got {_short(value)}")
     if top["threads"][1] is not None and top["threads"][1] < 1:
-        raise MflowError(f"{source}: 'threads' must be at least 1")
+        raise ConfigError(f"{source}: 'threads' must be at least 1")
 
     data = dict(doc.get("data") or {})
     model = dict(doc.get("model") or {})
     for section, key, reg in (("data", "name", DATASETS), ("model", "kind", MODELS)):
         value = (data if section == "data" else model).get(key)
         if not isinstance(value, str):
-            raise MflowError(f"{source}: '{section}.{key}' must name one of: {', '.join(reg.names())}")
+            raise ConfigError(f"{source}: '{section}.{key}' must name one of: {', '.join(reg.names())}")
     data_name = data.pop("name")
     model_kind = model.pop("kind")
     dataset_cls = DATASETS.get(data_name, f"{source}: data.name")

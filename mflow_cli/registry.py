@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from .errors import MflowError
+from .errors import ConfigError
 
 T = TypeVar("T")
 
@@ -30,7 +30,7 @@ class Registry(Generic[T]):
         if name not in self._items:
             known = ", ".join(sorted(self._items)) or "none"
             at = f" ({where})" if where else ""
-            raise MflowError(f"unknown {self.what} {name!r}{at}; known: {known}")
+            raise ConfigError(f"unknown {self.what} {name!r}{at}; known: {known}")
         return self._items[name]
 
     def names(self) -> list[str]:

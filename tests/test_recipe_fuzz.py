@@ -1,4 +1,4 @@
-"""Property: any recipe document gives a valid recipe or one clear MflowError, never another exception.
+"""Property: any recipe document gives a valid recipe or one clear ConfigError, never another exception.
 
 Three sources of documents: random YAML trees (any keys, any nesting, wrong types), mutations of the
 shipped and test recipes (deleted keys, unknown keys, values of the wrong type, sections replaced by
@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mflow_cli import datasets, metrics, models, plots  # noqa: F401  (registers everything)
-from mflow_cli.errors import MflowError
+from mflow_cli.errors import ConfigError
 from mflow_cli.recipe import SECTIONS, TOP_LEVEL, Recipe, load_recipe, validate
 from mflow_cli.registry import DATASETS, MODELS
 from mflow_cli.training import TrainConfig
@@ -70,10 +70,10 @@ trees = st.recursive(
 
 
 def _check(doc, source: str = "fuzz.yaml") -> Recipe | None:
-    """Validate; assert the outcome is a fixed-point recipe or a one-line MflowError."""
+    """Validate; assert the outcome is a fixed-point recipe or a one-line ConfigError."""
     try:
         recipe = validate(doc, source)
-    except MflowError as err:
+    except ConfigError as err:
         message = str(err)
         assert message and "\n" not in message and "Traceback" not in message
         return None
@@ -166,7 +166,7 @@ def test_recipe_files_and_set_overrides(text, sets):
         path.write_text(text, encoding="utf-8", errors="surrogatepass")
         try:
             recipe = load_recipe(path, sets)
-        except MflowError as err:
+        except ConfigError as err:
             assert str(err) and "\n" not in str(err)
             return
         assert _same(validate(recipe.to_dict(), "again"), recipe)
@@ -180,7 +180,7 @@ def test_yaml_tags_that_would_run_code_are_refused(tmp_path, text, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "evil.yaml"
     path.write_text(text)
-    with pytest.raises(MflowError):
+    with pytest.raises(ConfigError):
         load_recipe(path)
     assert not (tmp_path / "pwned").exists()
 

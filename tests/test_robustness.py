@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from mflow_cli import io
-from mflow_cli.errors import MflowError
+from mflow_cli.errors import ConfigError
 from mflow_cli.models.manifold_flow import ManifoldFlow
 from mflow_cli.recipe import validate
 from mflow_cli.runs import train_run
@@ -165,7 +165,7 @@ def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(workdir, stra
     proc.wait(timeout=30)
     partial = list(run_dir.glob(".checkpoint.pt.*.tmp"))
     assert len(partial) == 1 and partial[0].stat().st_size > 0  # the half-written temp file ...
-    with pytest.raises(MflowError):
+    with pytest.raises(ConfigError):
         io.load_torch(partial[0])
     assert io.load_torch(run_dir / "checkpoint.pt")["step"] == 4  # ... never replaced the good one
     _resume(workdir, run_dir)
@@ -248,7 +248,7 @@ def test_torn_metrics_line_after_a_kill_is_dropped(tmp_path):
     io.truncate_jsonl(path, 4)
     assert io.read_jsonl(path) == [{"step": 4}]
     path.write_text('{"step": 4}\nnot json\n{"step": 8}\n')
-    with pytest.raises(MflowError, match="line 2 is not JSON"):
+    with pytest.raises(ConfigError, match="line 2 is not JSON"):
         io.read_jsonl(path)
 
 
@@ -428,7 +428,7 @@ def test_atomic_outputs_get_normal_permissions(tmp_path):
     ],
 )
 def test_train_settings_no_run_could_use_are_refused(train, message):
-    with pytest.raises(MflowError) as err:
+    with pytest.raises(ConfigError) as err:
         validate({**RECIPE, "train": {**RECIPE["train"], **train}}, "r.yaml")
     assert message in str(err.value) and "\n" not in str(err.value)
 

@@ -5,7 +5,7 @@ import torch
 import yaml
 
 from mflow_cli import io
-from mflow_cli.errors import MflowError
+from mflow_cli.errors import ConfigError
 from mflow_cli.recipe import load_recipe
 from mflow_cli.runs import train_run
 from mflow_cli.training import TrainingDiverged, TrainingInterrupted, TrainingMonitor
@@ -68,7 +68,7 @@ def test_resume_from_a_periodic_checkpoint_alone(tmp_path, tiny_recipe):
 def test_resume_refuses_a_different_recipe(tmp_path, tiny_recipe):
     recipe = load_recipe(tiny_recipe, ["train.epochs=1"])
     train_run(recipe, tmp_path / "run")
-    with pytest.raises(MflowError, match="recipe differs"):
+    with pytest.raises(ConfigError, match="recipe differs"):
         train_run(load_recipe(tiny_recipe, ["train.lr=0.1"]), tmp_path / "run", resume=True)
     # A larger epoch budget is allowed: it continues training.
     train_run(load_recipe(tiny_recipe, ["train.epochs=2"]), tmp_path / "run", resume=True)

@@ -1,6 +1,15 @@
-"""What every dataset offers: train/test tensors and the shape of one sample."""
+"""What every dataset offers, and the typed capabilities some datasets add.
+
+Every dataset gives train/test tensors ``(N, *data_shape)``. Evaluators and plotters ask for more through
+the capability classes below, which a dataset inherits explicitly (``class ThinSpiral(Simulator,
+DistanceToManifold, ...)``), so ``isinstance(dataset, PixelData)`` is a typed question, never an
+attribute probe.
+"""
 
 from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Literal
 
 import torch
 
@@ -44,18 +53,60 @@ class SampledDataset(Dataset):
         return self._split("test", self.n_test, 1)
 
 
-class Simulator(SampledDataset):
-    """A dataset drawn from a known distribution on a known manifold.
+# --------------------------------------------------------------------------- capabilities
 
-    Subclasses give ``manifold_dim`` and a quadrature over the manifold (:meth:`manifold_grid`) with
-    the true density w.r.t. the manifold's volume measure, so evaluation can compare against it.
-    """
+
+class KnownDensity(ABC):
+    """A known distribution on a known manifold of dimension ``manifold_dim``."""
 
     manifold_dim: int
 
+    @abstractmethod
     def manifold_grid(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Points ``x`` (n, D) on the manifold, true ``log p(x)`` w.r.t. volume, and volume weights.
 
         ``sum(weights * exp(log_p))`` approximates the total mass (1 up to truncation).
         """
-        raise NotImplementedError
+
+
+class DistanceToManifold(ABC):
+    """Datasets whose support (the true manifold) is known well enough to measure distances to it."""
+
+    @abstractmethod
+    def distance_to_manifold(self, x: torch.Tensor) -> torch.Tensor:
+        """Euclidean distance (N,) of each row of ``x`` (N, D) to the true manifold."""
+
+
+class ChartCoordinates(ABC):
+    """Manifolds with an angular chart (circle: θ; spheres: θ/φ) and a quadrature grid in it."""
+
+    manifold_dim: int
+
+    @abstractmethod
+    def chart_grid(self, n: int):
+        """A :class:`~mflow_cli.datasets.charts.ChartGrid` with ``n`` cells per angle."""
+
+    @abstractmethod
+    def angles(self, x: torch.Tensor) -> torch.Tensor:
+        """Chart coordinates (N, manifold_dim) of points ``x`` (N, D)."""
+
+
+class PixelData(ABC):
+    """Image datasets: the model sees preprocessed values, :attr:`pixels` maps them back."""
+
+    @property
+    @abstractmethod
+    def pixels(self):
+        """The :class:`~mflow_cli.datasets.pixels.PixelSpace` of this dataset's preprocessing."""
+
+
+class Labelled(ABC):
+    """Datasets with a class label per example (MNIST, ...)."""
+
+    @abstractmethod
+    def labels(self, split: Literal["train", "test"] = "test") -> torch.Tensor:
+        """Integer labels (N,) of the split, in the order of :meth:`Dataset.train_data`/``test_data``."""
+
+
+class Simulator(SampledDataset, KnownDensity):
+    """A dataset drawn from a known distribution on a known manifold (the papers' simulators)."""

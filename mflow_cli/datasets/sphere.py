@@ -7,6 +7,7 @@ import math
 
 import torch
 
+from ..errors import ConfigError
 from ..registry import DATASETS
 from .base import Simulator
 from .charts import ChartGrid, mesh, midpoints
@@ -127,7 +128,7 @@ class SphericalGaussian(Simulator):
     ) -> None:
         super().__init__(n_train, n_test, seed)
         if not 1 <= latent_dim < data_dim:
-            raise ValueError("spherical_gaussian needs 1 <= latent_dim < data_dim")
+            raise ConfigError("spherical_gaussian needs 1 <= latent_dim < data_dim")
         self.manifold_dim = latent_dim
         self.data_shape = (data_dim,)
         self.phase, self.width, self.epsilon = phase, width, epsilon

@@ -18,6 +18,7 @@ from typing import Literal
 
 import torch
 
+from ..errors import ConfigError
 from ..registry import DATASETS
 from .base import SampledDataset
 
@@ -72,7 +73,7 @@ def sample_support(shape: Shape, n: int, generator: torch.Generator) -> torch.Te
         direction = direction / direction.norm(dim=1, keepdim=True)
         centres = torch.tensor(_SPHERE_CENTRES, dtype=f64)[which]
         return centres + _SPHERE_RADIUS * direction
-    raise ValueError(f"unknown toy 3-D shape {shape!r}")
+    raise ConfigError(f"unknown toy 3-D shape {shape!r}")
 
 
 def distance_to_support(shape: Shape, x: torch.Tensor) -> torch.Tensor:
@@ -93,7 +94,7 @@ def distance_to_support(shape: Shape, x: torch.Tensor) -> torch.Tensor:
     if shape == "spheres":
         centres = torch.tensor(_SPHERE_CENTRES, dtype=x.dtype)
         return (torch.cdist(x, centres) - _SPHERE_RADIUS).abs().min(1).values
-    raise ValueError(f"unknown toy 3-D shape {shape!r}")
+    raise ConfigError(f"unknown toy 3-D shape {shape!r}")
 
 
 @DATASETS.register("toy3d")
@@ -107,7 +108,7 @@ class Toy3D(SampledDataset):
         seed: int = 1,
     ) -> None:
         if noise < 0:
-            raise ValueError("noise must be >= 0")
+            raise ConfigError("noise must be >= 0")
         super().__init__(n_train, n_test, seed)
         self.shape, self.noise = shape, noise
 

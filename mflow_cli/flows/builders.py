@@ -12,13 +12,15 @@ from nflows import transforms as T
 from nflows.nn.nets import ResidualNet
 from nflows.utils import create_alternating_binary_mask
 
+from ..errors import ConfigError
 from .fused import FusedAffineCouplingTransform, FusedLULinear, FusedRQCouplingTransform
 
 LinearKind = Literal["lu", "permutation"]
 InnerKind = Literal["affine-autoregressive", "rq-coupling", "affine-coupling"]
 
 
-def _linear(features: int, kind: LinearKind) -> T.Transform:
+def linear_layer(features: int, kind: LinearKind) -> T.Transform:
+    """The mixing layer between coupling steps: a fixed permutation, then (``lu``) a fused LU-linear map."""
     if features == 1:
         return T.IdentityTransform()
     if kind == "lu":
@@ -50,12 +52,12 @@ def coupling_flow(
 ) -> T.Transform:
     """``layers`` coupling steps on ``features`` dims, each preceded by a permutation/LU layer."""
     if features < 2:
-        raise ValueError("a coupling flow needs at least 2 features")
+        raise ConfigError("a coupling flow needs at least 2 features")
     net = _net_factory(hidden_features, num_blocks, dropout)
     steps: list[T.Transform] = []
     for i in range(layers):
         mask = create_alternating_binary_mask(features, even=(i % 2 == 0))
-        steps.append(_linear(features, linear))
+        steps.append(linear_layer(features, linear))
         if kind == "rq-coupling":
             steps.append(
                 FusedRQCouplingTransform(
@@ -65,7 +67,7 @@ def coupling_flow(
             )
         else:
             steps.append(FusedAffineCouplingTransform(mask=mask, transform_net_create_fn=net))
-    steps.append(_linear(features, linear))
+    steps.append(linear_layer(features, linear))
     return T.CompositeTransform(steps)
 
 
@@ -89,7 +91,7 @@ def inner_flow(
         )
     steps: list[T.Transform] = []
     for _ in range(layers):
-        steps.append(_linear(features, linear))
+        steps.append(linear_layer(features, linear))
         if kind == "rq-coupling":  # one feature: an unconditional monotone spline
             steps.append(
                 T.MaskedPiecewiseRationalQuadraticAutoregressiveTransform(
@@ -103,5 +105,5 @@ def inner_flow(
                     features, hidden_features, num_blocks=num_blocks, dropout_probability=dropout
                 )
             )
-    steps.append(_linear(features, linear))
+    steps.append(linear_layer(features, linear))
     return T.CompositeTransform(steps)

@@ -21,9 +21,10 @@ from nflows.nn.nets import ResidualNet
 from nflows.utils import create_alternating_binary_mask
 from torch import nn
 
-FlowKind = Literal["realnvp", "maf"]
+from ..errors import ConfigError
+from .builders import LinearKind, linear_layer
 
-LinearKind = Literal["lu", "permutation"]
+FlowKind = Literal["realnvp", "maf"]
 
 
 def bounded_log_scale(unconstrained: torch.Tensor, bound: float = 2.0) -> torch.Tensor:
@@ -84,14 +85,6 @@ class ContextResidualNet(nn.Module):
         return self.net(inputs if context is None else torch.cat([inputs, context], dim=1))
 
 
-def _linear(features: int, kind: LinearKind) -> T.Transform:
-    if features == 1:
-        return T.IdentityTransform()
-    if kind == "permutation":  # for high dimensions: an LU layer costs O(D³) per pass
-        return T.RandomPermutation(features)
-    return T.CompositeTransform([T.RandomPermutation(features), T.LULinear(features, identity_init=True)])
-
-
 def conditional_flow(
     features: int,
     layers: int,
@@ -108,14 +101,14 @@ def conditional_flow(
     nflows convention: ``flow(x, context)`` maps data to noise and returns log|det ∂z/∂x|.
     """
     if kind == "realnvp" and features < 2:
-        raise ValueError("a RealNVP coupling flow needs at least 2 features; use kind 'maf'")
+        raise ConfigError("a RealNVP coupling flow needs at least 2 features; use kind 'maf'")
 
     def net(in_features: int, out_features: int) -> nn.Module:
         return ContextResidualNet(in_features, out_features, context_features, hidden_features, num_blocks, dropout)
 
     steps: list[T.Transform] = []
     for i in range(layers):
-        steps.append(_linear(features, linear))
+        steps.append(linear_layer(features, linear))
         if kind == "realnvp":
             mask = create_alternating_binary_mask(features, even=(i % 2 == 0))
             steps.append(BoundedAffineCoupling(mask=mask, transform_net_create_fn=net))
@@ -126,5 +119,5 @@ def conditional_flow(
                     dropout_probability=dropout,
                 )
             )
-    steps.append(_linear(features, linear))
+    steps.append(linear_layer(features, linear))
     return T.CompositeTransform(steps)

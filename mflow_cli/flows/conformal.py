@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+
 
 class ConditionalConformalEmbedding(nn.Module):
     """c(·; v): R^d -> R^D, a context-dependent similarity after zero-padding."""
@@ -22,7 +24,7 @@ class ConditionalConformalEmbedding(nn.Module):
     def __init__(self, latent_dim: int, data_dim: int, context_features: int, num_householder: int = 2) -> None:
         super().__init__()
         if not 1 <= latent_dim <= data_dim:
-            raise ValueError("need 1 <= latent_dim <= data_dim")
+            raise ConfigError("need 1 <= latent_dim <= data_dim")
         self.latent_dim, self.data_dim, self.num_householder = latent_dim, data_dim, num_householder
         self.base_vectors = nn.Parameter(torch.randn(num_householder, data_dim))
         self.vector_net = nn.Linear(context_features, num_householder * data_dim)

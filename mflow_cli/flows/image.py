@@ -21,7 +21,7 @@ from nflows import transforms as T
 from nflows.nn.nets import ConvResidualNet
 from nflows.utils import create_mid_split_binary_mask
 
-from ..errors import MflowError
+from ..errors import ConfigError
 
 
 class HeadTransform(T.Transform):
@@ -79,7 +79,7 @@ def level_output_shapes(data_shape: tuple[int, ...], levels: int) -> list[tuple[
     for level in range(levels):
         if h % 2 or w % 2:
             size = tuple(data_shape[1:])
-            raise MflowError(f"image flow: {levels} levels need the image size {size} divisible by 2^{levels}")
+            raise ConfigError(f"image flow: {levels} levels need the image size {size} divisible by 2^{levels}")
         c, h, w = 4 * c, h // 2, w // 2
         if level < levels - 1:
             shapes.append((c // 2, h, w))
@@ -116,7 +116,7 @@ def image_flow(
 ) -> T.Transform:
     """Flat (B, C·H·W) -> flat, multi-scale; the first ``latent_dim`` outputs are the manifold coordinates."""
     if len(data_shape) != 3:
-        raise MflowError(f"model.architecture: image needs image data (C, H, W), got data of shape {data_shape}")
+        raise ConfigError(f"model.architecture: image needs image data (C, H, W), got data of shape {data_shape}")
     c, h, w = data_shape
     multiscale = T.MultiscaleCompositeTransform(num_transforms=levels)
     shape = (c, h, w)
@@ -133,7 +133,7 @@ def image_flow(
     mask = head_mask(data_shape, levels, channel_factor)
     head = int(mask.sum())
     if head < latent_dim:
-        raise MflowError(
+        raise ConfigError(
             f"image flow: model.latent_dim={latent_dim} exceeds the {head} mixed dims; raise model.channel_factor"
         )
     order = torch.cat([torch.nonzero(mask).flatten(), torch.nonzero(~mask).flatten()])

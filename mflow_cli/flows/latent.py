@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
+
 LatentFlowKind = Literal["none", "planar", "radial", "householder", "nice"]
 
 
@@ -120,7 +122,7 @@ class NiceStep(FlowStep):
     def __init__(self, dim: int, index: int, hidden: int = 64) -> None:
         super().__init__(dim)
         if dim < 2:
-            raise ValueError("NICE coupling needs latent_dim >= 2")
+            raise ConfigError("NICE coupling needs latent_dim >= 2")
         half = dim // 2
         first, second = torch.arange(half), torch.arange(half, dim)
         a_idx, b_idx = (first, second) if index % 2 == 0 else (second, first)
@@ -173,7 +175,7 @@ def make_steps(kind: LatentFlowKind, dim: int, length: int, nice_hidden: int = 6
         return [HouseholderStep(dim) for _ in range(length)]
     if kind == "nice":
         return [NiceStep(dim, k, nice_hidden) for k in range(length)] + [ScalingStep(dim)]
-    raise ValueError(f"unknown latent flow {kind!r}")
+    raise ConfigError(f"unknown latent flow {kind!r}")
 
 
 class LatentFlow(nn.Module):
@@ -210,7 +212,7 @@ class LatentFlow(nn.Module):
             return z, logdet
         if params is None:
             if self.dynamic:
-                raise ValueError("a dynamic latent flow needs params from the encoder")
+                raise ConfigError("a dynamic latent flow needs params from the encoder")
             params = self.params.unsqueeze(0)
         for step, p in zip(self.steps, torch.split(params, self.sizes, dim=-1), strict=True):
             z, ld = step(z, p)

@@ -15,7 +15,7 @@ import torch
 from nflows.nn.nets import ResidualNet
 from torch import nn
 
-from ..errors import MflowError
+from ..errors import ConfigError
 from ..jacobian import batched_jacobian, logdet_gram
 from .base import Model
 
@@ -67,7 +67,7 @@ class ConvDecoder(nn.Module):
 def _halvings(h: int, w: int) -> int:
     steps = int(math.log2(h)) if h > 0 else 0
     if h != w or h < 4 or 2**steps != h:
-        raise MflowError(f"model.architecture: conv needs square images with a power-of-2 size >= 4, got {h}×{w}")
+        raise ConfigError(f"model.architecture: conv needs square images with a power-of-2 size >= 4, got {h}×{w}")
     return steps
 
 
@@ -78,7 +78,7 @@ def make_encoder(
     """Encoder from data (B, *data_shape) to (B, out_features)."""
     if architecture == "conv":
         if len(data_shape) != 3:
-            raise MflowError(f"model.architecture: conv needs image data (C, H, W), got shape {data_shape}")
+            raise ConfigError(f"model.architecture: conv needs image data (C, H, W), got shape {data_shape}")
         return ConvEncoder(data_shape, out_features, channels)
     dim = int(torch.Size(data_shape).numel())
     return nn.Sequential(

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
 from ..flows.latent import LatentFlow, LatentFlowKind
 from ..registry import MODELS
 from .base import Model, standard_normal_log_prob, variant
@@ -84,7 +85,7 @@ class FlowVAE(Model):
         self.data_shape = tuple(data_shape)
         self.data_dim = int(torch.Size(self.data_shape).numel())
         if latent_dim < 1 or flow_length < 0 or not hidden or encode_samples < 1:
-            raise ValueError("latent_dim >= 1, flow_length >= 0, encode_samples >= 1 and a hidden layer are needed")
+            raise ConfigError("latent_dim >= 1, flow_length >= 0, encode_samples >= 1 and a hidden layer are needed")
         self.latent_dim, self.likelihood, self.architecture = latent_dim, likelihood, architecture
         self.kl_warmup_steps, self.encode_samples = kl_warmup_steps, encode_samples
         self.flow = LatentFlow(flow, latent_dim, flow_length if flow != "none" else 0, dynamic=dynamic,
@@ -108,7 +109,7 @@ class FlowVAE(Model):
     def _conv_nets(self, channels: list[int], width: int) -> tuple[nn.Module, nn.Module]:
         """Two stride-2 4×4 convolutions down (H, W → H/4, W/4), their transposes up."""
         if len(self.data_shape) != 3 or self.data_shape[1] % 4 or self.data_shape[2] % 4 or len(channels) != 2:
-            raise ValueError("the conv flow-VAE needs images (C, H, W) with H, W divisible by 4 and 2 conv_channels")
+            raise ConfigError("the conv flow-VAE needs images (C, H, W) with H, W divisible by 4 and 2 conv_channels")
         c, h, w = self.data_shape
         c1, c2 = channels
         flat = c2 * (h // 4) * (w // 4)

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from nflows.nn.nets import ResidualNet
 
+from ..errors import ConfigError
 from ..flows.builders import InnerKind, LinearKind, coupling_flow, inner_flow
 from ..flows.image import image_flow
 from ..jacobian import batched_jacobian, logdet_gram
@@ -72,7 +73,7 @@ class ManifoldFlow(Model):
         self.data_dim = int(torch.Size(self.data_shape).numel())
         latent_dim = self.data_dim if latent_dim is None else latent_dim
         if not 1 <= latent_dim <= self.data_dim:
-            raise ValueError(f"latent_dim must be in 1..{self.data_dim}")
+            raise ConfigError(f"latent_dim must be in 1..{self.data_dim}")
         self.latent_dim = latent_dim
         self.noise_std = noise_std
         self.off_manifold_std = off_manifold_std

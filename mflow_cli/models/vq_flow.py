@@ -30,6 +30,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..flows.conditional import FlowKind, LinearKind, conditional_flow
 from ..flows.conformal import ConditionalConformalEmbedding
 from ..jacobian import batched_jacobian, logdet_gram
@@ -47,7 +48,7 @@ def chart_membership(distances: torch.Tensor, m: int, epsilon: float) -> torch.T
     """
     k = distances.shape[1]
     if not 1 <= m <= k:
-        raise ValueError(f"m must be in 1..{k}")
+        raise ConfigError(f"m must be in 1..{k}")
     d_m = distances.sort(dim=1).values[:, m - 1 : m]
     nearest = nn.functional.one_hot(distances.argmin(1), k).bool()
     return (distances < (1 + epsilon) * d_m) | nearest
@@ -85,9 +86,9 @@ class VQFlow(Model):
         self.data_dim = int(torch.Size(self.data_shape).numel())
         self.latent_dim = self.data_dim if latent_dim is None else latent_dim
         if not 1 <= self.latent_dim <= self.data_dim:
-            raise ValueError(f"latent_dim must be in 1..{self.data_dim}")
+            raise ConfigError(f"latent_dim must be in 1..{self.data_dim}")
         if num_charts < 1:
-            raise ValueError("num_charts must be >= 1")
+            raise ConfigError("num_charts must be >= 1")
         self.num_charts, self.m, self.epsilon = num_charts, min(m, num_charts), epsilon
         self.thin_logdet, self.centre_offset = thin_logdet, centre_offset and num_charts > 1
         self.vq = VQAutoencoder(
