@@ -26,16 +26,13 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from .datasets.base import ExistingPath
 from .errors import ConfigError
 
 TOP_LEVEL = ("name", "seed", "device", "threads", "data", "model", "train", "evaluate", "plot")
 SECTIONS = ("data", "model", "train", "evaluate", "plot")
 # Arguments the library passes itself; a recipe may not set them.
 INJECTED = ("self", "data_shape", "model", "dataset", "records", "run_dir", "out_dir")
-
-
-class ExistingPath(str):
-    """Type hint for a constructor argument that names a file or folder that must exist."""
 
 
 @dataclass

@@ -14,6 +14,10 @@ from typing import Literal
 import torch
 
 
+class ExistingPath(str):
+    """Type hint for an argument that names a file or folder that must exist (checked at validation)."""
+
+
 class Dataset:
     """A source of training and test data, shape ``(N, *data_shape)``, float32."""
 

@@ -33,9 +33,8 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from ..recipe import ExistingPath
 from ..registry import DATASETS
-from .base import Dataset
+from .base import Dataset, ExistingPath
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 IDX_FILES = {

@@ -7,8 +7,7 @@ import time
 
 import torch
 
-from ..datasets.base import Dataset
-from ..recipe import ExistingPath
+from ..datasets.base import Dataset, ExistingPath
 from ..registry import EVALUATORS
 from .fid import cached_feature_classifier, fid_score
 
