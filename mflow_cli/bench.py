@@ -161,7 +161,7 @@ def flow_rows(repeats: int = 10, quick: bool = False, device: str = "cpu") -> li
     sizes = [(8, 2, 1, 8)] if quick else [(100, 2, 9, 100), (512, 64, 9, 100)]
     for n, d, layers, hidden in sizes:
         torch.manual_seed(0)
-        flow = coupling_flow(d, layers, kind="rq-coupling", hidden_features=hidden).to(dev)
+        flow = coupling_flow(d, layers, kind="rq_coupling", hidden_features=hidden).to(dev)
         x = torch.randn(n, d, generator=torch.Generator().manual_seed(1)).to(dev)
         params = list(flow.parameters())
 

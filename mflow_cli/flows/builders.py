@@ -1,7 +1,7 @@
 """Build the flows of the manifold-flow papers from nflows transforms.
 
 Each layer is ``[permutation or LU-linear] -> coupling``, closed by a final linear layer, as in the
-M-flow/DNF code (outer: ``rq-coupling`` with ``lu``; inner: ``affine-autoregressive``).
+M-flow/DNF code (outer: ``rq_coupling`` with ``lu``; inner: ``affine_autoregressive``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from ..errors import ConfigError
 from .fused import FusedAffineCouplingTransform, FusedLULinear, FusedRQCouplingTransform
 
 LinearKind = Literal["lu", "permutation"]
-InnerKind = Literal["affine-autoregressive", "rq-coupling", "affine-coupling"]
+CouplingKind = Literal["rq_coupling", "affine_coupling"]
+InnerKind = Literal["affine_autoregressive", "rq_coupling", "affine_coupling"]
 
 
 def linear_layer(features: int, kind: LinearKind) -> T.Transform:
@@ -42,10 +43,10 @@ def coupling_flow(
     features: int,
     layers: int,
     *,
-    kind: Literal["rq-coupling", "affine-coupling"] = "rq-coupling",
+    kind: CouplingKind = "rq_coupling",
     linear: LinearKind = "lu",
-    num_bins: int = 5,
-    tail_bound: float = 3.0,
+    spline_bins: int = 5,
+    spline_range: float = 3.0,
     hidden_features: int = 100,
     num_blocks: int = 2,
     dropout: float = 0.0,
@@ -58,11 +59,11 @@ def coupling_flow(
     for i in range(layers):
         mask = create_alternating_binary_mask(features, even=(i % 2 == 0))
         steps.append(linear_layer(features, linear))
-        if kind == "rq-coupling":
+        if kind == "rq_coupling":
             steps.append(
                 FusedRQCouplingTransform(
-                    mask=mask, transform_net_create_fn=net, num_bins=num_bins, tails="linear",
-                    tail_bound=tail_bound,
+                    mask=mask, transform_net_create_fn=net, num_bins=spline_bins, tails="linear",
+                    tail_bound=spline_range,
                 )
             )
         else:
@@ -75,27 +76,27 @@ def inner_flow(
     features: int,
     layers: int,
     *,
-    kind: InnerKind = "affine-autoregressive",
+    kind: InnerKind = "affine_autoregressive",
     linear: LinearKind = "lu",
-    num_bins: int = 5,
-    tail_bound: float = 3.0,
+    spline_bins: int = 5,
+    spline_range: float = 3.0,
     hidden_features: int = 100,
     num_blocks: int = 2,
     dropout: float = 0.0,
 ) -> T.Transform:
     """The density flow on the latent manifold coordinates (any ``features`` >= 1)."""
-    if kind != "affine-autoregressive" and features >= 2:
+    if kind != "affine_autoregressive" and features >= 2:
         return coupling_flow(
-            features, layers, kind=kind, linear=linear, num_bins=num_bins, tail_bound=tail_bound,
+            features, layers, kind=kind, linear=linear, spline_bins=spline_bins, spline_range=spline_range,
             hidden_features=hidden_features, num_blocks=num_blocks, dropout=dropout,
         )
     steps: list[T.Transform] = []
     for _ in range(layers):
         steps.append(linear_layer(features, linear))
-        if kind == "rq-coupling":  # one feature: an unconditional monotone spline
+        if kind == "rq_coupling":  # one feature: an unconditional monotone spline
             steps.append(
                 T.MaskedPiecewiseRationalQuadraticAutoregressiveTransform(
-                    features, hidden_features, num_bins=num_bins, tails="linear", tail_bound=tail_bound,
+                    features, hidden_features, num_bins=spline_bins, tails="linear", tail_bound=spline_range,
                     num_blocks=num_blocks, dropout_probability=dropout,
                 )
             )

@@ -56,7 +56,7 @@ class Unflatten(T.Transform):
         return inputs.reshape(inputs.shape[0], -1), inputs.new_zeros(inputs.shape[0])
 
 
-def _step(channels: int, hidden_channels: int, num_blocks: int, num_bins: int, tail_bound: float,
+def _step(channels: int, hidden_channels: int, num_blocks: int, spline_bins: int, spline_range: float,
           dropout: float, actnorm: bool) -> T.Transform:
     def conditioner(in_channels: int, out_channels: int) -> ConvResidualNet:
         return ConvResidualNet(
@@ -65,8 +65,8 @@ def _step(channels: int, hidden_channels: int, num_blocks: int, num_bins: int, t
         )
 
     coupling = T.PiecewiseRationalQuadraticCouplingTransform(
-        mask=create_mid_split_binary_mask(channels), transform_net_create_fn=conditioner, num_bins=num_bins,
-        tails="linear", tail_bound=tail_bound, min_bin_width=1e-3, min_bin_height=1e-3, min_derivative=1e-3,
+        mask=create_mid_split_binary_mask(channels), transform_net_create_fn=conditioner, num_bins=spline_bins,
+        tails="linear", tail_bound=spline_range, min_bin_width=1e-3, min_bin_height=1e-3, min_derivative=1e-3,
     )
     steps = [T.ActNorm(channels)] if actnorm else []
     return T.CompositeTransform([*steps, T.OneByOneConvolution(channels), coupling])
@@ -106,8 +106,8 @@ def image_flow(
     levels: int = 4,
     hidden_channels: int = 100,
     num_blocks: int = 3,
-    num_bins: int = 11,
-    tail_bound: float = 10.0,
+    spline_bins: int = 11,
+    spline_range: float = 10.0,
     dropout: float = 0.0,
     actnorm: bool = True,
     channel_factor: int = 1,
@@ -125,7 +125,7 @@ def image_flow(
         squeeze = T.SqueezeTransform()
         shape = squeeze.get_output_shape(*shape)
         steps = [
-            _step(shape[0], hidden_channels, num_blocks, num_bins, tail_bound, dropout, actnorm)
+            _step(shape[0], hidden_channels, num_blocks, spline_bins, spline_range, dropout, actnorm)
             for _ in range(steps_per_level)
         ]
         level_transform = T.CompositeTransform([squeeze, *steps, T.OneByOneConvolution(shape[0])])

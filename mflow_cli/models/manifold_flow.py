@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from nflows.nn.nets import ResidualNet
 
 from ..errors import ConfigError
-from ..flows.builders import InnerKind, LinearKind, coupling_flow, inner_flow
+from ..flows.builders import CouplingKind, InnerKind, LinearKind, coupling_flow, inner_flow
 from ..flows.image import image_flow
 from ..jacobian import batched_jacobian, logdet_gram
 from ..registry import MODELS
@@ -47,8 +47,8 @@ class ManifoldFlow(Model):
         latent_dim: int | None = 1,
         outer_layers: int = 9,
         inner_layers: int = 1,
-        outer_transform: Literal["rq-coupling", "affine-coupling"] = "rq-coupling",
-        inner_transform: InnerKind = "affine-autoregressive",
+        outer_transform: CouplingKind = "rq_coupling",
+        inner_transform: InnerKind = "affine_autoregressive",
         linear_transform: LinearKind = "lu",
         spline_bins: int = 5,
         spline_range: float = 3.0,
@@ -82,13 +82,13 @@ class ManifoldFlow(Model):
         self.latent_l2_weight = latent_l2_weight
         self.schedule = schedule
         common = dict(
-            linear=linear_transform, num_bins=spline_bins, tail_bound=spline_range,
+            linear=linear_transform, spline_bins=spline_bins, spline_range=spline_range,
             hidden_features=hidden_features, num_blocks=num_blocks, dropout=dropout,
         )
         if architecture == "image":  # multi-scale conv flow on (C, H, W) data, see flows/image.py
             self.outer = image_flow(
                 self.data_shape, outer_layers, levels=levels, hidden_channels=hidden_features, num_blocks=num_blocks,
-                num_bins=spline_bins, tail_bound=spline_range, dropout=dropout, channel_factor=channel_factor,
+                spline_bins=spline_bins, spline_range=spline_range, dropout=dropout, channel_factor=channel_factor,
                 latent_dim=latent_dim,
             )
         else:

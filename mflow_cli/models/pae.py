@@ -32,7 +32,7 @@ class ProbabilisticAutoEncoder(AutoEncoderModel):
         num_blocks: int = 10,
         channels: int = 32,
         inner_layers: int = 1,
-        inner_transform: InnerKind = "affine-autoregressive",
+        inner_transform: InnerKind = "affine_autoregressive",
         linear_transform: LinearKind = "lu",
         inner_hidden_features: int = 100,
         spline_bins: int = 5,
@@ -52,8 +52,8 @@ class ProbabilisticAutoEncoder(AutoEncoderModel):
         self.encoder = make_encoder(self.data_shape, latent_dim, **nets)
         self.decoder = make_decoder(latent_dim, self.data_shape, **nets)
         self.inner = inner_flow(
-            latent_dim, inner_layers, kind=inner_transform, linear=linear_transform, num_bins=spline_bins,
-            tail_bound=spline_range, hidden_features=inner_hidden_features, num_blocks=2, dropout=dropout,
+            latent_dim, inner_layers, kind=inner_transform, linear=linear_transform, spline_bins=spline_bins,
+            spline_range=spline_range, hidden_features=inner_hidden_features, num_blocks=2, dropout=dropout,
         )
 
     @classmethod
