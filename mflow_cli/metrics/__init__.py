@@ -1,7 +1,1 @@
-"""Evaluators, one per model family, registered in :data:`mflow_cli.registry.EVALUATORS`."""
-
-from . import (
-    flow_vae,  # noqa: F401
-    manifold,  # noqa: F401
-    vq_flow,  # noqa: F401
-)
+"""Evaluators: what ``mflow evaluate`` computes for each kind of model (and the Fréchet distance)."""

@@ -13,7 +13,6 @@ import math
 import torch
 
 from ..datasets.base import Dataset
-from ..registry import EVALUATORS
 
 
 def batched_bounds(model, x: torch.Tensor, iw_samples: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,7 +31,6 @@ def batched_bounds(model, x: torch.Tensor, iw_samples: int, batch_size: int) -> 
     return torch.cat(elbos), torch.cat(iws)
 
 
-@EVALUATORS.register("flow_vae")
 def evaluate_flow_vae(
     model,
     dataset: Dataset,

@@ -9,7 +9,6 @@ import torch
 
 from ..datasets.base import Dataset, Simulator
 from ..datasets.charts import cdf_on_grid, empirical_cdf_on_grid
-from ..registry import EVALUATORS
 
 
 def manifold_log_prob(model, x: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,7 +128,6 @@ def ambient_grid(limit: float, size: int) -> torch.Tensor:
     return torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1)
 
 
-@EVALUATORS.register("manifold")
 def evaluate_manifold(
     model,
     dataset: Dataset,

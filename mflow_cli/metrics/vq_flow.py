@@ -8,7 +8,6 @@ import time
 import torch
 
 from ..datasets.base import Dataset, ExistingPath
-from ..registry import EVALUATORS
 from .fid import cached_feature_classifier, fid_score
 
 
@@ -40,7 +39,6 @@ def sample_in_batches(model, n: int, batch_size: int) -> torch.Tensor:
         return torch.cat([model.sample(min(batch_size, n - s)).cpu() for s in range(0, n, batch_size)])
 
 
-@EVALUATORS.register("vq_flow")
 def evaluate_vq_flow(
     model,
     dataset: Dataset,

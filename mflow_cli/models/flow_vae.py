@@ -23,8 +23,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..flows.latent import LatentFlow, LatentFlowKind
-from ..registry import MODELS
-from .base import Model, standard_normal_log_prob, variant
+from .base import Model, standard_normal_log_prob
 
 Likelihood = Literal["bernoulli", "gaussian", "logistic"]
 MIN_LOG_SCALE = -7.0
@@ -210,13 +209,3 @@ class FlowVAE(Model):
         parts = self.log_weights(x, self.encode_samples)
         return {"latents": parts["z"].mean(0), "samples": parts["z"][0], "z0_mean": parts["mean"],
                 "z0_log_var": parts["log_var"], "elbo": parts["log_w"].mean(0)}
-
-
-MODELS.register("flow_vae")(FlowVAE)
-DynamicFlowVAE = MODELS.register("dynamic_flow_vae")(
-    variant(FlowVAE, "DynamicFlowVAE", "Flow-VAE whose encoder outputs the flow parameters per input.",
-            dynamic=True)
-)
-ConvFlowVAE = MODELS.register("conv_flow_vae")(
-    variant(FlowVAE, "ConvFlowVAE", "Convolutional flow-VAE with static flow parameters.", architecture="conv")
-)

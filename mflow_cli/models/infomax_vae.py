@@ -18,7 +18,6 @@ import math
 import torch
 from torch import nn
 
-from ..registry import MODELS
 from .autoencoders import Architecture, AutoEncoderModel, make_decoder, make_encoder
 from .base import standard_normal_log_prob
 
@@ -45,7 +44,6 @@ def nwj_mutual_information(joint: torch.Tensor, marginal: torch.Tensor) -> torch
     return joint.mean() - torch.exp(marginal - 1).mean()
 
 
-@MODELS.register("infomax_vae")
 class InfoMaxVAE(AutoEncoderModel):
     """Gaussian-decoder VAE + MI-maximising discriminator, trained jointly in one phase."""
 

@@ -14,12 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from ..flows.builders import InnerKind, LinearKind, inner_flow
-from ..registry import MODELS
 from .autoencoders import Architecture, AutoEncoderModel, make_decoder, make_encoder
 from .base import standard_normal_log_prob
 
 
-@MODELS.register("pae")
 class ProbabilisticAutoEncoder(AutoEncoderModel):
     """Auto-encoder (dense residual or convolutional) + a flow on its latent space."""
 

@@ -34,8 +34,7 @@ from ..errors import ConfigError
 from ..flows.conditional import FlowKind, LinearKind, conditional_flow
 from ..flows.conformal import ConditionalConformalEmbedding
 from ..jacobian import batched_jacobian, logdet_gram
-from ..registry import MODELS
-from .base import Model, standard_normal_log_prob, variant
+from .base import Model, standard_normal_log_prob
 from .vq_autoencoder import VQAutoencoder
 
 ThinLogdet = Literal["jacobian", "conformal"]
@@ -217,10 +216,3 @@ class VQFlow(Model):
                 "chart_posterior": post,
                 "log_prob": log_p,
             }
-
-
-ClassicFlow = MODELS.register("classic_flow")(
-    variant(VQFlow, "ClassicFlow", "A classic flow (RealNVP or MAF): VQ-Flow with one chart and no VQ phase.",
-            num_charts=1)
-)
-MODELS.register("vq_flow")(VQFlow)

@@ -1,7 +1,1 @@
-"""Plotters, one per model family, registered in :data:`mflow_cli.registry.PLOTTERS`."""
-
-from . import (
-    flow_vae,  # noqa: F401
-    manifold,  # noqa: F401
-    vq_flow,  # noqa: F401
-)
+"""Plotters: the figures ``mflow plot`` draws for each kind of model."""

@@ -8,7 +8,6 @@ from pathlib import Path
 import torch
 
 from ..datasets.base import Dataset
-from ..registry import PLOTTERS
 from .common import pyplot, save, training_curves
 
 
@@ -38,7 +37,6 @@ def _draw_mosaic(mosaic: torch.Tensor, title: str, path: Path) -> Path:
     return save(fig, path)
 
 
-@PLOTTERS.register("flow_vae")
 def plot_flow_vae(
     model,
     dataset: Dataset,

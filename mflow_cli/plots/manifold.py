@@ -15,11 +15,9 @@ from ..metrics.manifold import (
     has_deflated_density,
     manifold_log_prob,
 )
-from ..registry import PLOTTERS
 from .common import pyplot, save, training_curves
 
 
-@PLOTTERS.register("manifold")
 def plot_manifold(
     model,
     dataset: Dataset,

@@ -8,7 +8,6 @@ import torch
 
 from ..datasets.base import Dataset
 from ..metrics.vq_flow import to_images
-from ..registry import PLOTTERS
 from .common import pyplot, save, training_curves
 
 
@@ -44,7 +43,6 @@ def image_grid(images: torch.Tensor, path: Path, title: str, rows: int = 8) -> P
     return save(fig, path)
 
 
-@PLOTTERS.register("vq_flow")
 def plot_vq_flow(
     model, dataset: Dataset, records: list[dict], out_dir: Path, n_samples: int = 3000, seed: int = 0
 ) -> list[Path]:

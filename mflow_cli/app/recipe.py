@@ -2,32 +2,43 @@
 
 A recipe has top-level keys ``name``, ``seed``, ``device``, ``threads`` and the sections
 
-- ``data``: ``name`` picks a registered dataset; the other keys are its constructor's arguments;
-- ``model``: ``kind`` picks a registered model; the other keys are its constructor's arguments;
+- ``data``: ``name`` picks a dataset of the catalog (:mod:`mflow_cli.app.catalog`); the other keys are its
+  constructor's arguments;
+- ``model``: ``kind`` picks a model kind of the catalog: a class and a preset of its constructor's defaults; the
+  other keys are the constructor's arguments;
 - ``train``: the fields of :class:`mflow_cli.training.TrainConfig`;
-- ``evaluate`` / ``plot``: keyword arguments of the model family's evaluator / plotter.
+- ``evaluate`` / ``plot``: the fields of the kind's evaluation options / figure options (the catalog picks them
+  from the model kind and the dataset).
 
 Validation reads each target's signature and type hints, so the schema cannot drift from the code:
 an unknown key, a wrong type, a missing required key or a missing file is a :class:`ConfigError`
-naming the key and the recipe file. Nothing is built until the whole recipe is valid.
+naming the key and the recipe file. Nothing is built until the whole recipe is valid. Spellings of
+earlier versions (``catalog.ModelKind.renamed``, :data:`VALUE_SPELLINGS`) are rewritten first, each with a
+one-line notice on the ``mflow`` logger, so saved recipes and checkpoints keep loading.
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
+import logging
 import os
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
 
-from .datasets.base import ExistingPath
-from .errors import ConfigError
+from ..datasets.base import ExistingPath
+from ..errors import ConfigError
+from ..io import atomic_path
+from ..training import TrainConfig
+from . import catalog
+
+log = logging.getLogger("mflow")
 
 TOP_LEVEL = ("name", "seed", "device", "threads", "data", "model", "train", "evaluate", "plot")
 SECTIONS = ("data", "model", "train", "evaluate", "plot")
@@ -37,7 +48,7 @@ INJECTED = ("self", "data_shape", "model", "dataset", "records", "run_dir", "out
 
 @dataclass
 class Recipe:
-    """A validated recipe with every default filled in."""
+    """A validated recipe with every default filled in; ``source`` says where it came from (for messages)."""
 
     name: str
     seed: int = 0
@@ -48,6 +59,7 @@ class Recipe:
     train: dict = field(default_factory=dict)
     evaluate: dict = field(default_factory=dict)
     plot: dict = field(default_factory=dict)
+    source: str = field(default="recipe", compare=False)
 
     def to_dict(self) -> dict:
         return {k: copy.deepcopy(getattr(self, k)) for k in TOP_LEVEL}
@@ -134,8 +146,14 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def validate_kwargs(target: Callable, values: dict, section: str, source: str) -> dict:
-    """Check ``values`` against ``target``'s signature; return them with defaults filled in."""
+def validate_kwargs(
+    target: Callable, values: dict, section: str, source: str, defaults: Mapping[str, Any] | None = None
+) -> dict:
+    """Check ``values`` against ``target``'s signature; return them with defaults filled in.
+
+    ``defaults`` (a model kind's preset) replaces the signature's defaults of the arguments it names.
+    """
+    defaults = defaults or {}
     params = {
         name: p
         for name, p in inspect.signature(target).parameters.items()
@@ -150,9 +168,10 @@ def validate_kwargs(target: Callable, values: dict, section: str, source: str) -
     resolved = {}
     for name, p in params.items():
         if name not in values:
-            if p.default is inspect.Parameter.empty:
+            default = defaults.get(name, p.default)
+            if default is inspect.Parameter.empty:
                 raise ConfigError(f"{source}: missing required key '{section}.{name}'")
-            resolved[name] = copy.deepcopy(p.default)
+            resolved[name] = copy.deepcopy(default)
             continue
         tp = hints.get(name, Any)
         ok, value = _check(values[name], tp)
@@ -218,23 +237,26 @@ def apply_overrides(doc: dict, overrides: list[tuple[str, Any]]) -> dict:
     return doc
 
 
-def _section_keys(doc: dict, section: str) -> set[str]:
-    """The keys a section accepts, from its target's signature (empty if the target is unknown)."""
-    from . import datasets, metrics, models, plots  # noqa: F401  (registers everything)
-    from .registry import DATASETS, EVALUATORS, MODELS, PLOTTERS
-    from .training import TrainConfig
-
+def _targets(doc: dict) -> dict[str, Callable | None]:
+    """What validates each section of ``doc`` (None where the data name or model kind is unknown)."""
     data, model = doc.get("data"), doc.get("model")
     kind = model.get("kind") if isinstance(model, dict) else None
-    family = MODELS.get(kind).family if isinstance(kind, str) and kind in MODELS else None
     name = data.get("name") if isinstance(data, dict) else None
-    target = {
+    entry = catalog.MODELS.get(kind) if isinstance(kind, str) else None
+    dataset_cls = catalog.DATASETS.get(name) if isinstance(name, str) else None
+    evaluation = entry.evaluation_for(dataset_cls) if entry is not None and dataset_cls is not None else None
+    return {
         "train": TrainConfig,
-        "model": MODELS.get(kind) if isinstance(kind, str) and kind in MODELS else None,
-        "data": DATASETS.get(name) if isinstance(name, str) and name in DATASETS else None,
-        "evaluate": EVALUATORS.get(family) if family in EVALUATORS else None,
-        "plot": PLOTTERS.get(family) if family in PLOTTERS else None,
-    }[section]
+        "model": entry.cls if entry is not None else None,
+        "data": dataset_cls,
+        "evaluate": evaluation.options if evaluation is not None else None,
+        "plot": evaluation.figures if evaluation is not None else None,
+    }
+
+
+def _section_keys(doc: dict, section: str) -> set[str]:
+    """The keys a section accepts, from its target's signature (empty if the target is unknown)."""
+    target = _targets(doc)[section]
     return set(inspect.signature(target).parameters) - set(INJECTED) if target else set()
 
 
@@ -258,12 +280,54 @@ def read_yaml(path: str | Path) -> dict:
     return doc
 
 
+def write_yaml(obj: dict, path: str | Path) -> None:
+    """Write a resolved recipe atomically (temp file, then rename)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(obj, sort_keys=False))
+
+
+VALUE_SPELLINGS: Mapping[str, str] = {
+    "rq-coupling": "rq_coupling",
+    "affine-coupling": "affine_coupling",
+    "affine-autoregressive": "affine_autoregressive",
+}
+"""Model-key values as earlier versions spelled them -> today's spelling."""
+
+
+def migrate(doc: dict, source: str) -> dict:
+    """Rewrite keys and values spelled as in earlier versions; one notice on the ``mflow`` logger for each.
+
+    Model keys and training phases follow the kind's ``renamed``/``renamed_phases`` in the catalog; string values
+    follow :data:`VALUE_SPELLINGS`. A recipe that spells one key both ways is an error.
+    """
+    doc = copy.deepcopy(doc)
+    model = doc.get("model")
+    if not isinstance(model, dict):
+        return doc
+    kind = model.get("kind")
+    entry = catalog.MODELS.get(kind) if isinstance(kind, str) else None
+    for old, new in (entry.renamed.items() if entry is not None else ()):
+        if old in model:
+            if new in model:
+                raise ConfigError(f"{source}: 'model.{old}' and 'model.{new}' are the same key (old and new name)")
+            model[new] = model.pop(old)
+            log.warning("%s: 'model.%s' is now 'model.%s' (the old name still works)", source, old, new)
+    for key, value in list(model.items()):
+        if isinstance(value, str) and value in VALUE_SPELLINGS:
+            model[key] = VALUE_SPELLINGS[value]
+            log.warning("%s: 'model.%s: %s' is now spelled %r", source, key, value, VALUE_SPELLINGS[value])
+    train = doc.get("train")
+    epochs = train.get("epochs") if isinstance(train, dict) else None
+    if entry is not None and isinstance(epochs, dict):
+        for old, new in entry.renamed_phases.items():
+            if old in epochs and new not in epochs:
+                epochs[new] = epochs.pop(old)
+                log.warning("%s: phase 'train.epochs.%s' is now 'train.epochs.%s'", source, old, new)
+    return doc
+
+
 def validate(doc: Any, source: str, default_name: str = "run") -> Recipe:
     """Validate a recipe document (already parsed) and return it with all defaults filled in."""
-    from . import datasets, metrics, models, plots  # noqa: F401  (registers everything)
-    from .registry import DATASETS, EVALUATORS, MODELS, PLOTTERS
-    from .training import TrainConfig
-
     if not isinstance(doc, dict):
         raise ConfigError(f"{source}: a recipe must be a mapping of sections")
     for key in doc:
@@ -277,6 +341,7 @@ def validate(doc: Any, source: str, default_name: str = "run") -> Recipe:
             value = {}
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise ConfigError(f"{source}: section '{section}' must be a mapping of keys")
+    doc = migrate(doc, source)
     top = {
         "name": (str, doc.get("name", default_name)),
         "seed": (int, doc.get("seed", 0)),
@@ -292,14 +357,15 @@ def validate(doc: Any, source: str, default_name: str = "run") -> Recipe:
 
     data = dict(doc.get("data") or {})
     model = dict(doc.get("model") or {})
-    for section, key, reg in (("data", "name", DATASETS), ("model", "kind", MODELS)):
+    for section, key, table in (("data", "name", catalog.DATASETS), ("model", "kind", catalog.MODELS)):
         value = (data if section == "data" else model).get(key)
         if not isinstance(value, str):
-            raise ConfigError(f"{source}: '{section}.{key}' must name one of: {', '.join(reg.names())}")
+            raise ConfigError(f"{source}: '{section}.{key}' must name one of: {', '.join(sorted(table))}")
     data_name = data.pop("name")
     model_kind = model.pop("kind")
-    dataset_cls = DATASETS.get(data_name, f"{source}: data.name")
-    model_cls = MODELS.get(model_kind, f"{source}: model.kind")
+    dataset_cls = catalog.dataset_class(data_name, f"{source}: data.name: ")
+    entry = catalog.model_kind(model_kind, f"{source}: model.kind: ")
+    evaluation = entry.evaluation_for(dataset_cls)
 
     recipe = Recipe(
         name=top["name"][1],
@@ -307,14 +373,13 @@ def validate(doc: Any, source: str, default_name: str = "run") -> Recipe:
         device=top["device"][1],
         threads=top["threads"][1],
         data={"name": data_name, **validate_kwargs(dataset_cls, data, "data", source)},
-        model={"kind": model_kind, **validate_kwargs(model_cls, model, "model", source)},
+        model={"kind": model_kind, **validate_kwargs(entry.cls, model, "model", source, entry.preset)},
         train=validate_kwargs(TrainConfig, dict(doc.get("train") or {}), "train", source),
-        evaluate=validate_kwargs(
-            EVALUATORS.get(model_cls.family), dict(doc.get("evaluate") or {}), "evaluate", source
-        ),
-        plot=validate_kwargs(PLOTTERS.get(model_cls.family), dict(doc.get("plot") or {}), "plot", source),
+        evaluate=validate_kwargs(evaluation.options, dict(doc.get("evaluate") or {}), "evaluate", source),
+        plot=validate_kwargs(evaluation.figures, dict(doc.get("plot") or {}), "plot", source),
+        source=source,
     )
-    TrainConfig(**recipe.train).check(model_cls.phase_names(**_without(recipe.model, "kind")), source)
+    TrainConfig(**recipe.train).check(entry.cls.phase_names(**_without(recipe.model, "kind")), source)
     return recipe
 
 

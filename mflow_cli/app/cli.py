@@ -5,6 +5,7 @@ Bad input (recipe, file, option) ends with a one-line ``error: ...`` on stderr a
 
 from __future__ import annotations
 
+import logging
 import sys
 import warnings
 from pathlib import Path
@@ -15,9 +16,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
-from . import __version__
-from .errors import ConfigError
+from .. import __version__
+from ..errors import ConfigError
 
 app = typer.Typer(
     add_completion=False,
@@ -30,7 +32,7 @@ err_console = Console(stderr=True)
 
 def _version(value: bool) -> None:
     if value:
-        from .kernels import backend_info
+        from ..kernels import backend_info
 
         console.print(f"mflow {__version__} ({backend_info()})")
         raise typer.Exit()
@@ -60,12 +62,16 @@ def _progress() -> Progress:
 
 
 class _RichMonitor:
-    """Training progress: one bar per phase with the running loss and the epoch."""
+    """Training progress: one bar per phase with the running loss and the epoch.
+
+    The bars appear with the first phase, so an error while the data and model are built prints no empty bar.
+    """
 
     def __init__(self, progress: Progress):
         self.progress, self.task = progress, None
 
     def phase_start(self, phase, total_steps, done_steps):
+        self.progress.start()
         self.task = self.progress.add_task(phase, total=total_steps, completed=done_steps, info="")
 
     def step(self, phase, epoch, logs):
@@ -90,7 +96,7 @@ def train(
     torchrun (e.g. torchrun --nproc_per_node 4 -m mflow_cli train R.yaml) it trains with
     DistributedDataParallel; only rank 0 prints and writes.
     """
-    from .distributed import rank
+    from ..distributed import rank
     from .recipe import load_recipe
     from .runs import train_run
 
@@ -98,8 +104,12 @@ def train(
     spec = load_recipe(recipe, set_)
     out_dir = out or Path("runs") / spec.name
     console.print(f"[bold]mflow train[/] {spec.name}: {spec.model['kind']} on {spec.data['name']} -> {out_dir}")
-    with _progress() as progress:
+    progress = _progress()
+    try:
         train_run(spec, out_dir, resume=resume, force=force, monitor=_RichMonitor(progress))
+    finally:
+        if progress.live.is_started:
+            progress.stop()
     console.print(f"saved {out_dir / 'model.pt'}")
 
 
@@ -113,7 +123,7 @@ def sample(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
 ) -> None:
     """Draw samples from a trained model into an HDF5 file."""
-    from .io import refuse_overwrite
+    from ..io import refuse_overwrite
     from .runs import sample_to_h5
 
     refuse_overwrite(out, force)  # before the progress bar appears
@@ -134,7 +144,7 @@ def encode(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
 ) -> None:
     """Encode data into latents (and log densities where the model has them)."""
-    from .io import refuse_overwrite
+    from ..io import refuse_overwrite
     from .runs import encode_h5
 
     refuse_overwrite(out, force)  # before the progress bar appears
@@ -176,6 +186,44 @@ def plot(run_dir: Path = typer.Argument(..., help="Run folder written by mflow t
 
 
 @app.command()
+def describe(
+    kind: Optional[str] = typer.Argument(None, help="A model kind (model.kind), e.g. dnf."),
+    data: Optional[str] = typer.Option(None, "--data", help="Describe a dataset (data.name), e.g. thin_spiral."),
+) -> None:
+    """List the recipe keys of a model kind or dataset: type, default and what each does.
+
+    Without arguments, list every model kind and dataset. Examples: mflow describe dnf; mflow describe --data toy3d.
+    """
+    from .catalog import DATASETS, MODELS
+    from .describe import describe_data, describe_kind
+
+    if kind is None and data is None:
+        table = Table(title="model kinds (model.kind) and datasets (data.name)")
+        for col in ("section", "name", "what it is"):
+            table.add_column(col)
+        for name, entry in MODELS.items():
+            table.add_row("model.kind", name, entry.summary)
+        for name, cls in DATASETS.items():
+            table.add_row("data.name", name, (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "")
+        console.print(table)
+        return
+    description = describe_data(data) if data is not None else describe_kind(kind)
+    console.print(Text(description.title, style="bold"))
+    for line in description.references:
+        console.print(Text(f"  {line}"))
+    for section, rows in description.sections.items():
+        table = Table(title=f"{section}", title_justify="left")
+        table.add_column("key", no_wrap=True)
+        table.add_column("type", max_width=28)
+        table.add_column("default", max_width=20, overflow="fold")
+        table.add_column("what it does", ratio=1)
+        for row in rows:
+            default = "(required)" if row.required else ("null" if row.default is None else repr(row.default))
+            table.add_row(Text(row.name), Text(row.type), Text(default), Text(row.doc))
+        console.print(table)
+
+
+@app.command()
 def bench(
     repeats: int = typer.Option(20, "--repeats", "-r", min=1, help="Timed calls per row (median reported)."),
     threads: Optional[int] = typer.Option(None, "--threads", "-t", min=1, help="torch intra-op threads."),
@@ -190,8 +238,8 @@ def bench(
     """Time the fused kernels against the pure-PyTorch reference path, side by side in one run."""
     import torch
 
-    from .bench import model_rows, run_bench
-    from .kernels import backend_info
+    from ..bench import model_rows, run_bench
+    from ..kernels import backend_info
 
     console.print(f"mflow {__version__}: {backend_info()}; torch {torch.__version__}")
     if info:
@@ -223,8 +271,19 @@ def bench(
     console.print(table)
 
 
+class _NoticeHandler(logging.Handler):
+    """Library and recipe notices (e.g. an old key spelling) as one plain ``note:`` line each on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        err_console.print(Text(f"note: {record.getMessage()}"), highlight=False, soft_wrap=True)
+
+
 def run() -> None:
     """Console-script entry point: turn :class:`ConfigError` into one line and its exit code."""
+    log = logging.getLogger("mflow")
+    if not any(isinstance(h, _NoticeHandler) for h in log.handlers):
+        log.addHandler(_NoticeHandler())
+        log.propagate = False
     warnings.filterwarnings("ignore", module="nflows")
     warnings.filterwarnings("ignore", message=".*triangular_solve is deprecated.*")
     try:

@@ -15,13 +15,13 @@ from typing import Any
 
 import torch
 
-from . import distributed, io
-from .datasets.base import Dataset
-from .errors import ConfigError
-from .models.base import Model
-from .recipe import Recipe, validate
-from .registry import DATASETS, EVALUATORS, MODELS, PLOTTERS
-from .training import TrainConfig, TrainingMonitor, train
+from .. import distributed, io
+from ..datasets.base import Dataset
+from ..errors import ConfigError
+from ..models.base import Model
+from ..training import TrainConfig, TrainingMonitor, train
+from . import catalog
+from .recipe import Recipe, validate, write_yaml
 
 MODEL_FILE = "model.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -30,13 +30,27 @@ RECIPE_FILE = "recipe.yaml"
 
 
 def build_dataset(recipe: Recipe) -> Dataset:
+    """The recipe's dataset; a bad argument value is reported as ``SOURCE: data: message``."""
     kwargs = {k: v for k, v in recipe.data.items() if k != "name"}
-    return DATASETS.get(recipe.data["name"])(**kwargs)
+    try:
+        return catalog.dataset_class(recipe.data["name"])(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{recipe.source}: data: {err}") from None
 
 
 def build_model(recipe: Recipe, data_shape: tuple[int, ...]) -> Model:
+    """The recipe's model for data of ``data_shape``; bad values are reported as ``SOURCE: model: message``."""
     kwargs = {k: v for k, v in recipe.model.items() if k != "kind"}
-    return MODELS.get(recipe.model["kind"])(data_shape=tuple(data_shape), **kwargs)
+    try:
+        return catalog.model_kind(recipe.model["kind"]).build(data_shape, **kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{recipe.source}: model: {err}") from None
+
+
+def evaluation(recipe: Recipe) -> catalog.Evaluation:
+    """How the recipe's model kind is evaluated and plotted on the recipe's dataset."""
+    entry = catalog.model_kind(recipe.model["kind"])
+    return entry.evaluation_for(catalog.dataset_class(recipe.data["name"]))
 
 
 def pick_device(recipe: Recipe) -> torch.device:
@@ -111,6 +125,8 @@ def train_run(
             raise ConfigError(f"--resume: no checkpoint in {out_dir} (expected {ckpt_path})")
         resume_state = io.load_torch(ckpt_path)
         saved = resume_state.get("recipe")
+        if isinstance(saved, dict):
+            saved = validate(saved, str(ckpt_path)).to_dict()
         if not isinstance(saved, dict) or _comparable(saved) != _comparable(recipe.to_dict()):
             raise ConfigError(f"--resume: the recipe differs from the one {out_dir} was trained with")
         if main:
@@ -139,7 +155,7 @@ def train_run(
         model.load_state_dict(resume_state["model"])
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        io.write_yaml(recipe.to_dict(), out_dir / RECIPE_FILE)
+        write_yaml(recipe.to_dict(), out_dir / RECIPE_FILE)
 
     def save_checkpoint(state: dict) -> None:
         io.save_torch({**state, "recipe": recipe.to_dict(), "data_shape": list(shape)}, ckpt_path)
@@ -258,8 +274,7 @@ def evaluate_run(run_dir: str | Path, out: str | Path | None = None) -> dict[str
     """Run the model family's evaluator with the recipe's ``evaluate`` options; write JSON."""
     recipe, model = load_run(run_dir)
     dataset = build_dataset(recipe)
-    evaluator = EVALUATORS.get(model.family)
-    metrics = evaluator(model, dataset, **recipe.evaluate)
+    metrics = evaluation(recipe).evaluate(model, dataset, **recipe.evaluate)
     io.write_json(metrics, out or Path(run_dir) / "evaluation.json")
     return metrics
 
@@ -269,7 +284,6 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     recipe, model = load_run(run_dir)
     dataset = build_dataset(recipe)
     records = io.read_jsonl(Path(run_dir) / METRICS_FILE)
-    plotter = PLOTTERS.get(model.family)
     out_dir = Path(run_dir) / "plots"
     out_dir.mkdir(parents=True, exist_ok=True)
-    return plotter(model, dataset, records, out_dir, **recipe.plot)
+    return evaluation(recipe).plot(model, dataset, records, out_dir, **recipe.plot)
