@@ -1,3 +1,21 @@
-"""mflow: normalizing flows for data on (or near) low-dimensional manifolds."""
+"""mflow: normalizing flows for data on (or near) low-dimensional manifolds.
+
+The scripting API (``import mflow_cli as mf``): :func:`read_recipe`, :func:`train` and :func:`load_run`, which
+returns a :class:`~mflow_cli.app.api.Run` (``sample``, ``encode``, ``log_prob``, ``project``). They are loaded
+on first use, so ``import mflow_cli.models`` (the library alone) pulls in no application code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
+__all__ = ["Run", "load_run", "read_recipe", "train"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from .app import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'mflow_cli' has no attribute {name!r}")

@@ -295,7 +295,7 @@ VALUE_SPELLINGS: Mapping[str, str] = {
 
 
 def migrate(doc: dict, source: str) -> dict:
-    """Rewrite keys and values spelled as in earlier versions; one notice on the ``mflow`` logger for each.
+    """Rewrite keys and values spelled as in earlier versions, with one notice on the ``mflow`` logger.
 
     Model keys and training phases follow the kind's ``renamed``/``renamed_phases`` in the catalog; string values
     follow :data:`VALUE_SPELLINGS`. A recipe that spells one key both ways is an error.
@@ -306,23 +306,27 @@ def migrate(doc: dict, source: str) -> dict:
         return doc
     kind = model.get("kind")
     entry = catalog.MODELS.get(kind) if isinstance(kind, str) else None
+    changes = []
     for old, new in (entry.renamed.items() if entry is not None else ()):
         if old in model:
             if new in model:
                 raise ConfigError(f"{source}: 'model.{old}' and 'model.{new}' are the same key (old and new name)")
             model[new] = model.pop(old)
-            log.warning("%s: 'model.%s' is now 'model.%s' (the old name still works)", source, old, new)
+            changes.append(f"model.{old} -> model.{new}")
     for key, value in list(model.items()):
         if isinstance(value, str) and value in VALUE_SPELLINGS:
             model[key] = VALUE_SPELLINGS[value]
-            log.warning("%s: 'model.%s: %s' is now spelled %r", source, key, value, VALUE_SPELLINGS[value])
+            changes.append(f"{value} -> {VALUE_SPELLINGS[value]}")
     train = doc.get("train")
     epochs = train.get("epochs") if isinstance(train, dict) else None
     if entry is not None and isinstance(epochs, dict):
         for old, new in entry.renamed_phases.items():
             if old in epochs and new not in epochs:
                 epochs[new] = epochs.pop(old)
-                log.warning("%s: phase 'train.epochs.%s' is now 'train.epochs.%s'", source, old, new)
+                changes.append(f"train.epochs.{old} -> train.epochs.{new}")
+    if changes:
+        log.warning("%s uses old spellings (%s); they still load, the new ones are preferred", source,
+                    ", ".join(changes))
     return doc
 
 

@@ -187,7 +187,10 @@ def save_model(model: Model, recipe: Recipe, data_shape: tuple[int, ...], path: 
 
 
 def load_run(run_dir: str | Path, device: str | None = None) -> tuple[Recipe, Model]:
-    """Rebuild the trained model of a run folder (weights loaded with ``weights_only=True``)."""
+    """Rebuild the trained model of a run folder (weights loaded with ``weights_only=True``).
+
+    Process-wide settings (torch's thread count) are left alone; the commands set them (:func:`load_for_command`).
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"run folder not found: {run_dir}")
@@ -202,13 +205,19 @@ def load_run(run_dir: str | Path, device: str | None = None) -> tuple[Recipe, Mo
             raise ConfigError(f"{path}: not an mflow model file (no '{key}')")
     recipe = validate(blob["recipe"], str(path))
     shape = tuple(int(s) for s in blob["data_shape"])
-    set_threads(recipe, shape)
     model = build_model(recipe, shape)
     try:
         model.load_state_dict(blob["state_dict"])
     except RuntimeError as err:
         raise ConfigError(f"{path}: weights do not fit the model ({str(err).splitlines()[0][:100]})") from None
     model.to(torch.device(device) if device else pick_device(recipe)).eval()
+    return recipe, model
+
+
+def load_for_command(run_dir: str | Path) -> tuple[Recipe, Model]:
+    """:func:`load_run`, then the recipe's thread count (the CLI commands run one job per process)."""
+    recipe, model = load_run(run_dir)
+    set_threads(recipe, model.data_shape)
     return recipe, model
 
 
@@ -231,7 +240,7 @@ def sample_to_h5(
     if n < 1 or batch_size < 1:
         raise ConfigError("-n and --batch-size must be at least 1")
     io.refuse_overwrite(out, force)
-    recipe, model = load_run(run_dir)
+    recipe, model = load_for_command(run_dir)
     torch.manual_seed(seed)
     attrs = {"model": recipe.model["kind"], "recipe": recipe.name, "seed": seed, "mflow": io.versions()["mflow"]}
     with io.H5Writer(out, {"samples": (n, *model.data_shape)}, attrs) as writer:
@@ -256,7 +265,7 @@ def encode_h5(
     io.refuse_overwrite(out, force)
     if batch_size < 1:
         raise ConfigError("--batch-size must be at least 1")
-    recipe, model = load_run(run_dir)
+    recipe, model = load_for_command(run_dir)
     name, n = io.open_h5_input(inp, dataset, model.data_shape)
     device = next(model.parameters()).device
     probe = model.encode(torch.zeros(1, *model.data_shape, device=device))
@@ -272,7 +281,7 @@ def encode_h5(
 
 def evaluate_run(run_dir: str | Path, out: str | Path | None = None) -> dict[str, Any]:
     """Run the model family's evaluator with the recipe's ``evaluate`` options; write JSON."""
-    recipe, model = load_run(run_dir)
+    recipe, model = load_for_command(run_dir)
     dataset = build_dataset(recipe)
     metrics = evaluation(recipe).evaluate(model, dataset, **recipe.evaluate)
     io.write_json(metrics, out or Path(run_dir) / "evaluation.json")
@@ -281,7 +290,7 @@ def evaluate_run(run_dir: str | Path, out: str | Path | None = None) -> dict[str
 
 def plot_run(run_dir: str | Path) -> list[Path]:
     """Draw the family's figures into ``RUN_DIR/plots``; return their paths."""
-    recipe, model = load_run(run_dir)
+    recipe, model = load_for_command(run_dir)
     dataset = build_dataset(recipe)
     records = io.read_jsonl(Path(run_dir) / METRICS_FILE)
     out_dir = Path(run_dir) / "plots"
