@@ -34,7 +34,7 @@ import yaml
 
 from ..datasets.base import ExistingPath
 from ..errors import ConfigError
-from ..io import atomic_path
+from ..io import atomic_path, writing
 from ..training import TrainConfig
 from . import catalog
 
@@ -282,7 +282,7 @@ def read_yaml(path: str | Path) -> dict:
 
 def write_yaml(obj: dict, path: str | Path) -> None:
     """Write a resolved recipe atomically (temp file, then rename)."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, writing(path):
         tmp.write_text(yaml.safe_dump(obj, sort_keys=False))
 
 
