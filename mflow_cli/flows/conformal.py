@@ -16,15 +16,27 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .latent import householder_reflect
 
 
 class ConditionalConformalEmbedding(nn.Module):
-    """c(·; v): R^d -> R^D, a context-dependent similarity after zero-padding."""
+    """c(·; v): R^d -> R^D, a context-dependent similarity after zero-padding.
+
+    References:
+        | Tractable Density Estimation on Learned Manifolds with Conformal Embedding Flows (Ross & Cresswell, 2021)
+        | https://arxiv.org/abs/2106.05275
+
+    Arguments:
+        latent_dim: The input dimension d.
+        data_dim: The output dimension D (≥ d).
+        context_features: The width of the context v.
+        num_householder: The number J of Householder reflections composing the rotation Q.
+    """
 
     def __init__(self, latent_dim: int, data_dim: int, context_features: int, num_householder: int = 2) -> None:
         super().__init__()
         if not 1 <= latent_dim <= data_dim:
-            raise ConfigError("need 1 <= latent_dim <= data_dim")
+            raise ConfigError(f"latent_dim must be in 1..{data_dim}, got {latent_dim}")
         self.latent_dim, self.data_dim, self.num_householder = latent_dim, data_dim, num_householder
         self.base_vectors = nn.Parameter(torch.randn(num_householder, data_dim))
         self.vector_net = nn.Linear(context_features, num_householder * data_dim)
@@ -39,15 +51,11 @@ class ConditionalConformalEmbedding(nn.Module):
         w = self.base_vectors + self.vector_net(context).reshape(-1, self.num_householder, self.data_dim)
         return w, self.scale_net(context)[:, 0], self.shift_net(context)
 
-    @staticmethod
-    def _reflect(y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return y - 2 * ((y * w).sum(-1, keepdim=True) / w.pow(2).sum(-1, keepdim=True)) * w
-
     def rotate(self, y: torch.Tensor, w: torch.Tensor, transpose: bool = False) -> torch.Tensor:
         """Q y (or Qᵀ y) with Q = H_1 ⋯ H_J; one step per reflection, all rows at once."""
         order = range(self.num_householder) if transpose else reversed(range(self.num_householder))
         for j in order:
-            y = self._reflect(y, w[:, j])
+            y = householder_reflect(y, w[:, j])
         return y
 
     def forward(
