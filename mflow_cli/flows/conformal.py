@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .latent import householder_reflect
+from .latent import householder_product
 
 
 class ConditionalConformalEmbedding(nn.Module):
@@ -46,35 +46,27 @@ class ConditionalConformalEmbedding(nn.Module):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
 
-    def params(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Reflection vectors (B, J, D), log-scale (B,), shift (B, D) for a batch of contexts."""
+    def params(
+        self, context: torch.Tensor, offset: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Reflection vectors (B, J, D), log-scale (B,), shift (B, D) for a batch of contexts (+ ``offset``)."""
         w = self.base_vectors + self.vector_net(context).reshape(-1, self.num_householder, self.data_dim)
-        return w, self.scale_net(context)[:, 0], self.shift_net(context)
-
-    def rotate(self, y: torch.Tensor, w: torch.Tensor, transpose: bool = False) -> torch.Tensor:
-        """Q y (or Qᵀ y) with Q = H_1 ⋯ H_J; one step per reflection, all rows at once."""
-        order = range(self.num_householder) if transpose else reversed(range(self.num_householder))
-        for j in order:
-            y = householder_reflect(y, w[:, j])
-        return y
+        shift = self.shift_net(context)
+        return w, self.scale_net(context)[:, 0], shift if offset is None else shift + offset
 
     def forward(
         self, u: torch.Tensor, context: torch.Tensor, offset: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """x = c(u; v) (B, D) and ½ log det(JᵀJ) = d · log s (B,). ``offset`` (B, D) adds to the shift."""
-        w, log_s, t = self.params(context)
-        if offset is not None:
-            t = t + offset
+        w, log_s, t = self.params(context, offset)
         pad = u.new_zeros(u.shape[0], self.data_dim - self.latent_dim)
-        x = log_s.exp()[:, None] * self.rotate(torch.cat([u, pad], dim=1), w) + t
+        x = log_s.exp()[:, None] * householder_product(torch.cat([u, pad], dim=1), w) + t
         return x, self.latent_dim * log_s
 
     def project(
         self, x: torch.Tensor, context: torch.Tensor, offset: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """u = c†(x; v) (B, d) and ½ log det(JᵀJ) of c at u (B,)."""
-        w, log_s, t = self.params(context)
-        if offset is not None:
-            t = t + offset
-        y = self.rotate((x - t) * torch.exp(-log_s)[:, None], w, transpose=True)
+        w, log_s, t = self.params(context, offset)
+        y = householder_product((x - t) * torch.exp(-log_s)[:, None], w, transpose=True)
         return y[:, : self.latent_dim], self.latent_dim * log_s

@@ -175,7 +175,7 @@ def image_flow(
     head = int(mask.sum())
     if head < latent_dim:
         raise ConfigError(
-            f"latent_dim must be at most the {head} mixed dims of the image flow, got {latent_dim} (raise channel_factor)"
+            f"latent_dim must be at most {head}, the image flow's mixed dims, got {latent_dim}; raise channel_factor"
         )
     order = torch.cat([torch.nonzero(mask).flatten(), torch.nonzero(~mask).flatten()])
     mixing: list[T.Transform] = [T.LULinear(head, identity_init=True)]

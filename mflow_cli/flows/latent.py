@@ -39,6 +39,14 @@ def householder_reflect(y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return y - 2 * ((y * v).sum(-1, keepdim=True) / (v.pow(2).sum(-1, keepdim=True) + 1e-12)) * v
 
 
+def householder_product(y: torch.Tensor, vectors: torch.Tensor, transpose: bool = False) -> torch.Tensor:
+    """Q y (or Qᵀ y) over the last dim, Q = H_1 ⋯ H_J from reflection vectors (…, J, D) that broadcast with y."""
+    count = vectors.shape[-2]
+    for j in range(count) if transpose else reversed(range(count)):
+        y = householder_reflect(y, vectors[..., j, :])
+    return y
+
+
 class FlowStep(nn.Module):
     """One step z -> f(z; params, context). ``num_params`` is the length of its per-input parameter vector.
 
@@ -342,11 +350,9 @@ class SylvesterStep(FlowStep):
         if self.variant == "triangular":
             return self.permutation.to(q_params.dtype).expand(q_params.shape[0], -1, -1)
         if self.variant == "householder":
-            vectors = q_params.reshape(-1, self.reflections, self.dim)
-            rows = torch.eye(self.dim, dtype=q_params.dtype, device=q_params.device).expand(len(vectors), -1, -1)
-            for j in reversed(range(self.reflections)):  # rows of Qᵀ: H_1 ⋯ H_R applied to each unit vector
-                rows = householder_reflect(rows, vectors[:, j : j + 1])
-            return rows.transpose(1, 2)
+            vectors = q_params.reshape(-1, 1, self.reflections, self.dim)
+            unit = torch.eye(self.dim, dtype=q_params.dtype, device=q_params.device).expand(len(vectors), -1, -1)
+            return householder_product(unit, vectors).transpose(1, 2)  # row c was Q e_c
         q = q_params.reshape(-1, self.dim, self.columns)
         q = q / q.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None]
         eye = torch.eye(self.columns, dtype=q.dtype, device=q.device)
