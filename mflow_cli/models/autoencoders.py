@@ -40,6 +40,10 @@ class ConvEncoder(nn.Module):
 
     With ``channels=32`` on 64×64 images this is the InfoMax-VAE encoder of the DNF benchmarks
     (32, 64, 128, 256, 256 channels, LeakyReLU 0.2).
+
+    Arguments:
+        out_features: The number of outputs.
+        channels: The channels of the first convolution, doubling per level up to 8×.
     """
 
     def __init__(self, data_shape: tuple[int, ...], out_features: int, channels: int = 32) -> None:
@@ -59,7 +63,12 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """(B, d) -> flat (B, C·R·R): a 1×1 convolution, then stride-2 4×4 transposed convolutions up to R."""
+    """(B, d) -> flat (B, C·R·R): a 1×1 convolution, then stride-2 4×4 transposed convolutions up to R.
+
+    Arguments:
+        latent_dim: The latent dimension d.
+        channels: The channels of the last hidden level, doubling per level towards the latent up to 8×.
+    """
 
     def __init__(self, latent_dim: int, data_shape: tuple[int, ...], channels: int = 32) -> None:
         super().__init__()
@@ -117,6 +126,16 @@ class AutoEncoderModel(Model, ManifoldModel):
     The constructor builds ``encoder`` (data -> ``encoder_features``) and ``decoder`` (u -> flat x) with
     :func:`make_encoder` / :func:`make_decoder`; subclasses give ``encoder_mean`` (data -> u),
     ``latent_log_prob(u)`` and ``sample_latent(n)``. The density lives on the decoder's manifold only.
+
+    Arguments:
+        latent_dim: The latent (manifold) dimension d.
+        encoder_features: The encoder's output width (d for a point estimate, 2d for a Gaussian posterior).
+        architecture: The encoder/decoder networks: ``dense`` (residual MLPs) or ``conv``.
+        hidden_features: The width of the dense residual networks.
+        num_blocks: The number of residual blocks of the dense encoder and decoder.
+        channels: The channels of the convolutional networks' first level.
+        dropout: The dropout probability of the dense networks.
+        noise_std: The Gaussian noise std the model trains its reconstruction on (0: none).
     """
 
     has_ambient_density = False

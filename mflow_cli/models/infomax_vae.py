@@ -23,7 +23,13 @@ from .base import standard_normal_log_prob
 
 
 class Discriminator(nn.Module):
-    """T(x, z): an MLP on [flat x, z] with LeakyReLU(0.2) (DNF benchmark: 2000-1000-100-10-1)."""
+    """T(x, z): an MLP on [flat x, z] with LeakyReLU(0.2) (DNF benchmark: 2000-1000-100-10-1).
+
+    Arguments:
+        data_dim: The data dimension D.
+        latent_dim: The latent dimension d.
+        hidden: The hidden layer widths.
+    """
 
     def __init__(self, data_dim: int, latent_dim: int, hidden: list[int]) -> None:
         super().__init__()
