@@ -47,6 +47,7 @@ class BoundedAffineCoupling(T.AffineCouplingTransform):
     Arguments:
         mask: Which features condition (≤ 0) and which are transformed (> 0), as in nflows.
         transform_net_create_fn: A function (in_features, out_features) -> the conditioner network.
+        unconditional_transform: An optional transform of the conditioning features (nflows; unused here).
     """
 
     def _scale_and_shift(self, transform_params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,8 +67,12 @@ class BoundedMaskedAffineAutoregressive(T.MaskedAffineAutoregressiveTransform):
         features: The number of features.
         hidden_features: The width of the MADE.
         context_features: The width of the context fed to the MADE (None: unconditional).
-        num_blocks: The number of residual MADE blocks.
+        num_blocks: The number of MADE blocks.
+        use_residual_blocks: Whether the MADE blocks are residual.
+        random_mask: Whether the MADE's hidden degrees are random (only without residual blocks).
+        activation: The MADE's activation function.
         dropout_probability: The MADE's dropout probability.
+        use_batch_norm: Whether the MADE blocks use batch normalisation.
     """
 
     def _elementwise_forward(self, inputs, autoregressive_params):
