@@ -1,7 +1,7 @@
 """FID-style score over training for classic flows vs their VQ counterparts on MNIST (VQ-Flow paper, Fig. 4).
 
     python -m mflow_cli.experiments.vq_flow_mnist_fid recipes/realnvp_mnist.yaml recipes/vqflow_mnist_realnvp.yaml \
-        --set data.n_train=10000 --set train.epochs.flow=5 --out runs/vq_flow_mnist_fid
+        --set data.n_train=10000 --set train.epochs.density=5 --out runs/vq_flow_mnist_fid
 
 trains each recipe with the generic trainer and, after every epoch of the ``flow`` phase, draws
 ``--n-fid`` samples and scores them against the test images with the Fréchet distance of
@@ -46,7 +46,7 @@ class FIDMonitor(TrainingMonitor):
         return fid_score(self.net, samples, self.reference)
 
     def epoch_end(self, record):
-        if record["phase"] == "flow":
+        if record["phase"] == "density":
             self.scores.append((record["epoch"], record.get("nll", float("nan")), self.score()))
             console.print(f"  epoch {record['epoch']}: nll {self.scores[-1][1]:.2f}  FID {self.scores[-1][2]:.3f}")
 
