@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
-__all__ = ["Run", "load_run", "read_recipe", "train"]
+from .version import __version__
+
+__all__ = ["Run", "__version__", "load_run", "read_recipe", "train"]
+_API = ("Run", "load_run", "read_recipe", "train")
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
+    if name in _API:
         from .app import api
 
         return getattr(api, name)

@@ -27,8 +27,8 @@ import h5py
 import numpy as np
 import torch
 
-from . import __version__
 from .errors import ConfigError, OutputError
+from .version import __version__
 
 log = logging.getLogger("mflow")
 

@@ -18,8 +18,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from .. import __version__
 from ..errors import ConfigError
+from ..version import __version__
 
 app = typer.Typer(
     add_completion=False,

@@ -22,7 +22,10 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
+import math
 import os
+import re
+import reprlib
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -43,6 +46,9 @@ log = logging.getLogger("mflow")
 TOP_LEVEL = ("name", "seed", "device", "threads", "data", "model", "train", "evaluate", "plot")
 SECTIONS = ("data", "model", "train", "evaluate", "plot")
 # Arguments the library passes itself; a recipe may not set them.
+MAX_THREADS = 1024
+RUN_NAME = re.compile(r"(?!\.{1,2}$)[A-Za-z0-9._-]{1,128}")
+"""A run name is a plain folder name under ``runs/``: it cannot escape it."""
 INJECTED = ("self", "data_shape", "model", "dataset", "records", "run_dir", "out_dir")
 
 
@@ -141,9 +147,15 @@ def _check(value: Any, tp: Any) -> tuple[bool, Any]:
     return True, value
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxtuple, _REPR.maxset = 2, 4, 4, 4, 4
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = 40
+
+
 def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    """A bounded repr for error messages: never expands a huge or deeply shared value."""
+    text = _REPR.repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def validate_kwargs(
@@ -179,12 +191,31 @@ def validate_kwargs(
             raise ConfigError(
                 f"{source}: '{section}.{name}' must be {_type_name(tp)}, got {_short(values[name])}"
             )
-        if isinstance(value, str) and _mentions(tp, ExistingPath) and not os.path.exists(
-            os.path.expanduser(value)
-        ):
-            raise ConfigError(f"{source}: '{section}.{name}': file not found: {value!r}")
+        _check_number(value, f"{source}: '{section}.{name}'")
+        if isinstance(value, str) and _mentions(tp, ExistingPath):
+            found = os.path.expanduser(value)
+            if not os.path.exists(found):
+                raise ConfigError(f"{source}: '{section}.{name}': file not found: {value!r}")
+            if not (os.path.isfile(found) or os.path.isdir(found)):
+                raise ConfigError(f"{source}: '{section}.{name}': {value!r} is not a regular file or folder")
         resolved[name] = value
     return resolved
+
+
+MAX_INT = 2**62
+
+
+def _check_number(value: Any, where: str) -> None:
+    """Every number a recipe gives is finite, and every integer is in 0..2^62 (no argument takes a negative
+    count); the constructors check their own narrower ranges and raise :class:`ConfigError` before any work."""
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else [value]
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, (int, float)):
+            continue
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ConfigError(f"{where} must be a finite number, got {item}")
+        if isinstance(item, int) and not 0 <= item <= MAX_INT:
+            raise ConfigError(f"{where} must be an integer in 0..2^62, got {_short(item)}")
 
 
 def _mentions(tp: Any, target: type) -> bool:
@@ -202,8 +233,8 @@ def parse_overrides(pairs: list[str]) -> list[tuple[str, Any]]:
         if not sep or not key.strip():
             raise ConfigError(f"--set {pair!r}: expected key=value, e.g. --set train.epochs=5")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
+            value = parse_yaml(raw, f"--set {key.strip()}") if raw.strip() else None
+        except ConfigError:
             value = raw
         if isinstance(value, str):
             try:
@@ -260,19 +291,89 @@ def _section_keys(doc: dict, section: str) -> set[str]:
     return set(inspect.signature(target).parameters) - set(INJECTED) if target else set()
 
 
-def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"recipe file not found: {path}")
+MAX_RECIPE_BYTES = 1 << 20
+MAX_DEPTH = 32
+MAX_NODES = 100_000
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with the limits a recipe needs: no duplicate keys, bounded nesting and aliases.
+
+    ``a: 1`` followed by ``a: 2`` is refused (naming the key and both lines) rather than silently resolved, and a
+    document whose aliases expand to more than :data:`MAX_NODES` nodes (an "alias bomb") or that nests deeper than
+    :data:`MAX_DEPTH` is refused before anything is built from it.
+    """
+
+    def __init__(self, text: str, source: str) -> None:
+        super().__init__(text)
+        self.source, self.depth = source, 0
+
+    def compose_node(self, parent, index):
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            line = self.peek_event().start_mark.line + 1
+            raise ConfigError(f"{self.source}: nested more than {MAX_DEPTH} levels deep at line {line}")
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key, line = key_node.value, key_node.start_mark.line + 1
+            if key in seen:
+                raise ConfigError(f"{self.source}: duplicate key {_short(key)} at lines {seen[key]} and {line}")
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """The number of nodes ``node`` stands for once every alias is expanded (shared subtrees counted each time)."""
+    if id(node) not in memo:
+        memo[id(node)] = 1  # a node that refers to itself stops here
+        if isinstance(node, yaml.SequenceNode):
+            memo[id(node)] = 1 + sum(_expanded_size(child, memo) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            memo[id(node)] = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    return memo[id(node)]
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse one YAML document with the recipe limits (:class:`_RecipeLoader`); errors name ``source``."""
+    loader = _RecipeLoader(text, source)
     try:
-        doc = yaml.safe_load(path.read_text())
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}) > MAX_NODES:
+            raise ConfigError(f"{source}: the document expands to more than {MAX_NODES:,} values (aliases)")
+        return loader.construct_document(node)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{path}: {problem}{line}") from None
+        raise ConfigError(f"{source}: {problem}{line}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a recipe file: at most :data:`MAX_RECIPE_BYTES`, a regular text file, a mapping of sections."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe file not found: {path}")
+    if path.stat().st_size > MAX_RECIPE_BYTES:
+        raise ConfigError(f"{path}: {path.stat().st_size:,} bytes; a recipe is at most {MAX_RECIPE_BYTES:,}")
+    try:
+        text = path.read_text()
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a text file") from None
+    doc = parse_yaml(text, str(path))
     if doc is None:
         doc = {}
     if not isinstance(doc, dict):
@@ -356,8 +457,15 @@ def validate(doc: Any, source: str, default_name: str = "run") -> Recipe:
         ok, _ = _check(value, tp)
         if not ok:
             raise ConfigError(f"{source}: '{key}' must be {_type_name(tp)}, got {_short(value)}")
-    if top["threads"][1] is not None and top["threads"][1] < 1:
-        raise ConfigError(f"{source}: 'threads' must be at least 1")
+    if top["threads"][1] is not None and not 1 <= top["threads"][1] <= MAX_THREADS:
+        raise ConfigError(f"{source}: 'threads' must be in 1..{MAX_THREADS}, got {_short(top['threads'][1])}")
+    if not 0 <= top["seed"][1] < 2**63:
+        raise ConfigError(f"{source}: 'seed' must be in 0..2^63 - 1, got {_short(top['seed'][1])}")
+    if not RUN_NAME.fullmatch(top["name"][1]):
+        raise ConfigError(
+            f"{source}: 'name' must be a plain name (letters, digits, '.', '_', '-'; no '/', not '.' or '..'), "
+            f"got {_short(top['name'][1])}"
+        )
 
     data = dict(doc.get("data") or {})
     model = dict(doc.get("model") or {})

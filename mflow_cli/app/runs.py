@@ -7,9 +7,11 @@ of evaluate/plot. This module joins recipes, datasets, models and I/O; the CLI o
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ import torch
 
 from .. import distributed, io
 from ..datasets.base import Dataset
-from ..errors import ConfigError
+from ..errors import ConfigError, OutputError
 from ..models.base import Model
 from ..training import TrainConfig, TrainingMonitor, train
 from . import catalog
@@ -27,6 +29,56 @@ MODEL_FILE = "model.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.jsonl"
 RECIPE_FILE = "recipe.yaml"
+LOCK_FILE = ".lock"
+RUN_FILES = (MODEL_FILE, CHECKPOINT_FILE, METRICS_FILE, RECIPE_FILE, LOCK_FILE)
+MAX_SAMPLES = 2**40
+
+
+# --------------------------------------------------------------------------- one writer, outputs with consent
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold the run folder's lock: one writer at a time (an OS lock, released by the kernel if the holder dies).
+
+    A second writer is refused with the holder's PID; the lock file is never followed through a symlink.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot open the run folder's lock ({io.describe_os_error(err)})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise ConfigError(
+                f"{run_dir} is in use by another mflow process (PID {holder}); wait for it to finish or stop it"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _is_run_folder(folder: Path) -> bool:
+    return any((folder / name).exists() for name in (MODEL_FILE, CHECKPOINT_FILE, RECIPE_FILE))
+
+
+def check_output(out: str | Path, force: bool, inputs: tuple[str | Path, ...] = ()) -> None:
+    """Refuse an output path that would replace an input or a run's own files (``--force`` or not), or an
+    existing file without ``--force``."""
+    out = Path(out)
+    target = out.resolve()
+    for inp in inputs:
+        if Path(inp).resolve() == target or (out.exists() and Path(inp).exists() and os.path.samefile(inp, out)):
+            raise ConfigError(f"{out} is also an input of this command; write the output somewhere else")
+    if target.name in RUN_FILES and _is_run_folder(target.parent):
+        raise ConfigError(f"{out} is a file of the run in {target.parent}; mflow never writes over it")
+    io.refuse_overwrite(out, force)
 
 
 def build_dataset(recipe: Recipe) -> Dataset:
@@ -113,12 +165,19 @@ def train_run(
     only rank 0 writes into ``out_dir`` (a folder all ranks can read, for ``--resume``).
     """
     out_dir = Path(out_dir)
-    ckpt_path = out_dir / CHECKPOINT_FILE
     device = pick_device(recipe)
     dist = distributed.from_env(device)
     main = dist is None or dist.is_main
     if dist is not None:
         device = dist.device(device)
+    with run_lock(out_dir) if main else contextlib.nullcontext():
+        _train_into(recipe, out_dir, device, dist, main, resume, force, monitor)
+    return out_dir
+
+
+def _train_into(recipe, out_dir, device, dist, main, resume, force, monitor) -> None:
+    """The body of :func:`train_run`, holding the run folder's lock (rank 0)."""
+    ckpt_path = out_dir / CHECKPOINT_FILE
     resume_state = None
     if resume:
         if not ckpt_path.is_file():
@@ -136,10 +195,6 @@ def train_run(
             raise ConfigError(f"{out_dir} already holds a run; pass --resume to continue or --force to start over")
         for name in (MODEL_FILE, CHECKPOINT_FILE, METRICS_FILE) if main else ():
             (out_dir / name).unlink(missing_ok=True)
-    if main and (resume or force):  # temp files of a run killed while writing (see io.atomic_path)
-        for name in (MODEL_FILE, CHECKPOINT_FILE, METRICS_FILE, RECIPE_FILE):
-            for tmp in out_dir.glob(f".{name}.*.tmp"):
-                tmp.unlink(missing_ok=True)
     if dist is not None:
         dist.barrier()  # every rank has read the folder before rank 0 writes into it
 
@@ -158,6 +213,8 @@ def train_run(
         write_yaml(recipe.to_dict(), out_dir / RECIPE_FILE)
 
     def save_checkpoint(state: dict) -> None:
+        if not out_dir.is_dir():  # deleted or unmounted under the running job: do not quietly recreate it
+            raise OutputError(f"cannot write {ckpt_path}: the run folder {out_dir} is gone; nothing more is saved")
         io.save_torch({**state, "recipe": recipe.to_dict(), "data_shape": list(shape)}, ckpt_path)
 
     train(
@@ -175,7 +232,6 @@ def train_run(
         save_model(model, recipe, shape, out_dir / MODEL_FILE)
     if dist is not None:
         dist.close()
-    return out_dir
 
 
 def save_model(model: Model, recipe: Recipe, data_shape: tuple[int, ...], path: Path) -> None:
@@ -237,9 +293,9 @@ def sample_to_h5(
     progress: Callable[[int], None] | None = None,
 ) -> Path:
     """Draw ``n`` samples into HDF5 dataset ``samples`` (n, *data_shape), batch by batch."""
-    if n < 1 or batch_size < 1:
-        raise ConfigError("-n and --batch-size must be at least 1")
-    io.refuse_overwrite(out, force)
+    if not 1 <= n <= MAX_SAMPLES or batch_size < 1:
+        raise ConfigError(f"-n must be in 1..2^40 and --batch-size at least 1, got {n} and {batch_size}")
+    check_output(out, force, inputs=(Path(run_dir) / MODEL_FILE,))
     recipe, model = load_for_command(run_dir)
     torch.manual_seed(seed)
     attrs = {"model": recipe.model["kind"], "recipe": recipe.name, "seed": seed, "mflow": io.versions()["mflow"]}
@@ -262,7 +318,7 @@ def encode_h5(
     progress: Callable[[int], None] | None = None,
 ) -> Path:
     """Encode every row of ``inp``'s dataset into ``latents`` (and ``log_prob`` where the model has it)."""
-    io.refuse_overwrite(out, force)
+    check_output(out, force, inputs=(inp, Path(run_dir) / MODEL_FILE))
     if batch_size < 1:
         raise ConfigError("--batch-size must be at least 1")
     recipe, model = load_for_command(run_dir)
@@ -279,20 +335,28 @@ def encode_h5(
     return Path(out)
 
 
-def evaluate_run(run_dir: str | Path, out: str | Path | None = None) -> dict[str, Any]:
-    """Run the model family's evaluator with the recipe's ``evaluate`` options; write JSON."""
+def evaluate_run(run_dir: str | Path, out: str | Path | None = None, force: bool = False) -> dict[str, Any]:
+    """Run the evaluator with the recipe's ``evaluate`` options; write JSON (default ``RUN_DIR/evaluation.json``).
+
+    An ``out`` of the caller's follows the same rule as ``sample``/``encode``: an existing file needs ``force``.
+    """
+    run_dir = Path(run_dir)
+    if out is not None:
+        check_output(out, force, inputs=(run_dir / MODEL_FILE,))
     recipe, model = load_for_command(run_dir)
-    dataset = build_dataset(recipe)
-    metrics = evaluation(recipe).evaluate(model, dataset, **recipe.evaluate)
-    io.write_json(metrics, out or Path(run_dir) / "evaluation.json")
+    with run_lock(run_dir):
+        dataset = build_dataset(recipe)
+        metrics = evaluation(recipe).evaluate(model, dataset, **recipe.evaluate)
+        io.write_json(metrics, out or run_dir / "evaluation.json")
     return metrics
 
 
 def plot_run(run_dir: str | Path) -> list[Path]:
     """Draw the family's figures into ``RUN_DIR/plots``; return their paths."""
     recipe, model = load_for_command(run_dir)
-    dataset = build_dataset(recipe)
-    records = io.read_jsonl(Path(run_dir) / METRICS_FILE)
-    out_dir = Path(run_dir) / "plots"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return evaluation(recipe).plot(model, dataset, records, out_dir, **recipe.plot)
+    with run_lock(Path(run_dir)):
+        dataset = build_dataset(recipe)
+        records = io.read_jsonl(Path(run_dir) / METRICS_FILE)
+        out_dir = Path(run_dir) / "plots"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return evaluation(recipe).plot(model, dataset, records, out_dir, **recipe.plot)
