@@ -250,6 +250,10 @@ class ImageDataset(Dataset, PixelData, Labelled):
             self._raw[split] = (torch.from_numpy(np.array(x[:n])), torch.from_numpy(np.array(y[:n])))
         return self._raw[split]
 
+    def levels(self, split: Literal["train", "test"]) -> torch.Tensor:
+        """uint8 levels (N, C, H, W) of the ``train`` or ``test`` split."""
+        return self.raw(split)[0]
+
     def labels(self, split: Literal["train", "test"] = "test") -> torch.Tensor:
         return self.raw(split)[1]
 
