@@ -70,7 +70,8 @@ def image_grid(
     plt = pyplot()
     width = min(12.0, max(3.0, 0.9 * cols))
     fig, ax = plt.subplots(figsize=(width, width * grid.shape[0] / grid.shape[1] + 0.5))
-    ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    pixels = (grid[..., 0] if grid.shape[-1] == 1 else grid).numpy()
+    ax.imshow(pixels, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.set_xticks([])
     if row_labels:
         h = images.shape[2]
