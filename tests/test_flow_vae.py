@@ -220,7 +220,7 @@ def test_conv_gaussian_on_tiny_cifar_bits_per_dim(tmp_path):
             pickle.dump({b"data": rng.integers(0, 256, (8, 3072)).astype(np.uint8), b"labels": [1] * 8}, fh)
     recipe = validate({
         "name": "tiny_cifar", "threads": 1,
-        "data": {"name": "cifar10", "path": str(tmp_path), "dequantize": True, "flip": True, "logit": True,
+        "data": {"name": "cifar10", "path": str(tmp_path), "dequantize": True, "flip": True, "preprocessing": "logit",
                  "logit_alpha": 0.05},
         "model": {"kind": "conv_flow_vae", "latent_dim": 4, "posterior_flow": "planar", "posterior_layers": 2,
                   "hidden": [16], "conv_channels": [4, 8], "likelihood": "gaussian"},
@@ -231,7 +231,7 @@ def test_conv_gaussian_on_tiny_cifar_bits_per_dim(tmp_path):
     metrics = runs.evaluate_run(run)
     _, model = runs.load_run(run)
     dataset = runs.build_dataset(recipe)
-    offset = float(dataset.log_jacobian_to_pixels(dataset.test_data()).mean())
+    offset = float(dataset.pixels.log_jacobian_to_pixels(dataset.test_data()).mean())
     dims = 3 * 32 * 32
     assert math.isclose(metrics["test_elbo_bits_per_dim"], -(metrics["test_elbo"] + offset) / (dims * math.log(2)),
                         rel_tol=1e-5)

@@ -263,14 +263,14 @@ def test_cli_train_sample_encode_evaluate_plot_on_toy3d(tmp_path, mflow):
 
 
 def test_evaluator_fid_uses_a_cached_feature_classifier(tmp_path):
-    from mflow_cli.metrics.vq_flow import evaluate_vq_flow
+    from mflow_cli.metrics.vq_flow import AtlasEvaluation, evaluate_vq_flow
 
     model = VQFlow((3,), num_charts=3, chart_layers=2, hidden_features=8).eval()
     data = Toy3D("spheres", n_train=600, n_test=300)
     kw = dict(n_samples=200, mass_samples=200, fid=True, fid_samples=300, fid_cache_dir=str(tmp_path))
-    first = evaluate_vq_flow(model, data, **kw)
+    first = evaluate_vq_flow(model, data, AtlasEvaluation(**kw))
     cached = list(tmp_path.glob("fid_classifier_*_kmeans.pt"))
     assert len(cached) == 1
-    second = evaluate_vq_flow(model, data, **kw)  # same seed, classifier loaded from the cache
+    second = evaluate_vq_flow(model, data, AtlasEvaluation(**kw))  # same seed, classifier loaded from the cache
     assert first["fid"] is not None and first["fid"] > 0 and math.isclose(first["fid"], second["fid"], rel_tol=1e-9)
     assert first["mean_test_distance_to_support"] < first["mean_sample_distance_to_support"]

@@ -24,20 +24,20 @@ from ..datasets.sphere import SphericalGaussian, VonMisesSphereMixture
 from ..datasets.spiral import ThinSpiral
 from ..datasets.toy3d import Toy3D
 from ..errors import ConfigError
-from ..metrics.flow_vae import evaluate_flow_vae
-from ..metrics.images import evaluate_images
-from ..metrics.manifold import evaluate_manifold
-from ..metrics.vq_flow import evaluate_vq_flow
+from ..metrics.flow_vae import VariationalEvaluation, evaluate_flow_vae
+from ..metrics.images import ImageEvaluation, evaluate_images
+from ..metrics.manifold import ManifoldEvaluation, evaluate_manifold
+from ..metrics.vq_flow import AtlasEvaluation, evaluate_vq_flow
 from ..models.base import Model
 from ..models.flow_vae import FlowVAE
 from ..models.infomax_vae import InfoMaxVAE
 from ..models.manifold_flow import ManifoldFlow
 from ..models.pae import ProbabilisticAutoEncoder
 from ..models.vq_flow import VQFlow
-from ..plots.flow_vae import plot_flow_vae
-from ..plots.images import plot_images
-from ..plots.manifold import plot_manifold
-from ..plots.vq_flow import plot_vq_flow
+from ..plots.flow_vae import VariationalFigures, plot_flow_vae
+from ..plots.images import ImageFigures, plot_images
+from ..plots.manifold import ManifoldFigures, plot_manifold
+from ..plots.vq_flow import AtlasFigures, plot_vq_flow
 
 
 def _frozen(mapping: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
@@ -53,15 +53,15 @@ class Evaluation:
     """
 
     evaluate: Callable[..., dict[str, Any]]
-    options: Callable[..., Any]
+    options: type
     plot: Callable[..., list]
-    figures: Callable[..., Any]
+    figures: type
 
 
-MANIFOLD = Evaluation(evaluate_manifold, evaluate_manifold, plot_manifold, plot_manifold)
-IMAGES = Evaluation(evaluate_images, evaluate_images, plot_images, plot_images)
-ATLAS = Evaluation(evaluate_vq_flow, evaluate_vq_flow, plot_vq_flow, plot_vq_flow)
-VARIATIONAL = Evaluation(evaluate_flow_vae, evaluate_flow_vae, plot_flow_vae, plot_flow_vae)
+MANIFOLD = Evaluation(evaluate_manifold, ManifoldEvaluation, plot_manifold, ManifoldFigures)
+IMAGES = Evaluation(evaluate_images, ImageEvaluation, plot_images, ImageFigures)
+ATLAS = Evaluation(evaluate_vq_flow, AtlasEvaluation, plot_vq_flow, AtlasFigures)
+VARIATIONAL = Evaluation(evaluate_flow_vae, VariationalEvaluation, plot_flow_vae, VariationalFigures)
 
 
 @dataclass(frozen=True)
@@ -151,6 +151,12 @@ MODELS: Mapping[str, ModelKind] = _frozen({
         _frozen({"num_charts": 1}), renamed=_VQ_RENAMED, renamed_phases=_VQ_PHASES,
     ),
 })
+
+DATA_RENAMED: Mapping[str, Mapping[str, str]] = _frozen({"image_manifold": _frozen({"random_flips": "flip"})})
+"""Dataset keys of earlier versions -> today's, by ``data.name``."""
+
+LOGIT_KEY: Mapping[bool, str] = _frozen({True: "logit", False: "none"})
+"""The standard image datasets' old ``logit: true/false`` -> ``preprocessing: logit/none``."""
 
 DATASETS: Mapping[str, type[Dataset]] = _frozen({
     "thin_spiral": ThinSpiral,

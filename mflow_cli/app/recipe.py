@@ -395,36 +395,63 @@ VALUE_SPELLINGS: Mapping[str, str] = {
 """Model-key values as earlier versions spelled them -> today's spelling."""
 
 
+def _rename(section: dict, old: str, new: str, where: str, source: str, changes: list[str]) -> None:
+    if old in section:
+        if new in section:
+            raise ConfigError(f"{source}: '{where}.{old}' and '{where}.{new}' are the same key (old and new name)")
+        section[new] = section.pop(old)
+        changes.append(f"{where}.{old} -> {where}.{new}")
+
+
 def migrate(doc: dict, source: str) -> dict:
     """Rewrite keys and values spelled as in earlier versions, with one notice on the ``mflow`` logger.
 
-    Model keys and training phases follow the kind's ``renamed``/``renamed_phases`` in the catalog; string values
-    follow :data:`VALUE_SPELLINGS`. A recipe that spells one key both ways is an error.
+    Model keys and training phases follow the kind's ``renamed``/``renamed_phases`` in the catalog, dataset keys
+    :data:`~mflow_cli.app.catalog.DATA_RENAMED`, string values :data:`VALUE_SPELLINGS`; ``plot`` keys that are now
+    evaluation options move to ``evaluate`` (where that does not set them already). A recipe that spells one key
+    both ways is an error.
     """
     doc = copy.deepcopy(doc)
-    model = doc.get("model")
-    if not isinstance(model, dict):
-        return doc
-    kind = model.get("kind")
+    changes: list[str] = []
+    model, data = doc.get("model"), doc.get("data")
+    kind = model.get("kind") if isinstance(model, dict) else None
     entry = catalog.MODELS.get(kind) if isinstance(kind, str) else None
-    changes = []
-    for old, new in (entry.renamed.items() if entry is not None else ()):
-        if old in model:
-            if new in model:
-                raise ConfigError(f"{source}: 'model.{old}' and 'model.{new}' are the same key (old and new name)")
-            model[new] = model.pop(old)
-            changes.append(f"model.{old} -> model.{new}")
-    for key, value in list(model.items()):
-        if isinstance(value, str) and value in VALUE_SPELLINGS:
-            model[key] = VALUE_SPELLINGS[value]
-            changes.append(f"{value} -> {VALUE_SPELLINGS[value]}")
-    train = doc.get("train")
-    epochs = train.get("epochs") if isinstance(train, dict) else None
-    if entry is not None and isinstance(epochs, dict):
-        for old, new in entry.renamed_phases.items():
-            if old in epochs and new not in epochs:
-                epochs[new] = epochs.pop(old)
-                changes.append(f"train.epochs.{old} -> train.epochs.{new}")
+    if entry is not None:
+        for old, new in entry.renamed.items():
+            _rename(model, old, new, "model", source, changes)
+        for key, value in list(model.items()):
+            if isinstance(value, str) and value in VALUE_SPELLINGS:
+                model[key] = VALUE_SPELLINGS[value]
+                changes.append(f"{value} -> {VALUE_SPELLINGS[value]}")
+        train = doc.get("train")
+        epochs = train.get("epochs") if isinstance(train, dict) else None
+        if isinstance(epochs, dict):
+            for old, new in entry.renamed_phases.items():
+                if old in epochs and new not in epochs:
+                    epochs[new] = epochs.pop(old)
+                    changes.append(f"train.epochs.{old} -> train.epochs.{new}")
+    name = data.get("name") if isinstance(data, dict) else None
+    if isinstance(name, str):
+        for old, new in catalog.DATA_RENAMED.get(name, {}).items():
+            _rename(data, old, new, "data", source, changes)
+        dataset_cls = catalog.DATASETS.get(name)
+        if isinstance(data.get("logit"), bool) and dataset_cls is not None and "preprocessing" in inspect.signature(
+            dataset_cls
+        ).parameters and "logit" not in inspect.signature(dataset_cls).parameters:
+            data["preprocessing"] = catalog.LOGIT_KEY[data.pop("logit")]
+            changes.append(f"data.logit -> data.preprocessing: {data['preprocessing']}")
+    plot, evaluate = doc.get("plot"), doc.get("evaluate")
+    targets = _targets(doc)
+    if isinstance(plot, dict) and targets["plot"] is not None and targets["evaluate"] is not None:
+        figure_keys = set(inspect.signature(targets["plot"]).parameters)
+        option_keys = set(inspect.signature(targets["evaluate"]).parameters)
+        if evaluate is None:
+            evaluate = doc["evaluate"] = {}
+        for key in [k for k in plot if k not in figure_keys and k in option_keys]:
+            value = plot.pop(key)
+            if isinstance(evaluate, dict) and key not in evaluate:
+                evaluate[key] = value
+            changes.append(f"plot.{key} -> evaluate.{key}")
     if changes:
         log.warning("%s uses old spellings (%s); they still load, the new ones are preferred", source,
                     ", ".join(changes))

@@ -346,7 +346,8 @@ def evaluate_run(run_dir: str | Path, out: str | Path | None = None, force: bool
     recipe, model = load_for_command(run_dir)
     with run_lock(run_dir):
         dataset = build_dataset(recipe)
-        metrics = evaluation(recipe).evaluate(model, dataset, **recipe.evaluate)
+        scoring = evaluation(recipe)
+        metrics = scoring.evaluate(model, dataset, scoring.options(**recipe.evaluate))
         io.write_json(metrics, out or run_dir / "evaluation.json")
     return metrics
 
@@ -359,4 +360,6 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         records = io.read_jsonl(Path(run_dir) / METRICS_FILE)
         out_dir = Path(run_dir) / "plots"
         out_dir.mkdir(parents=True, exist_ok=True)
-        return evaluation(recipe).plot(model, dataset, records, out_dir, **recipe.plot)
+        drawing = evaluation(recipe)
+        options, figures = drawing.options(**recipe.evaluate), drawing.figures(**recipe.plot)
+        return drawing.plot(model, dataset, records, out_dir, options, figures)

@@ -107,6 +107,10 @@ class PixelData(ABC):
     def pixels(self):
         """The :class:`~mflow_cli.datasets.pixels.PixelSpace` of this dataset's preprocessing."""
 
+    @abstractmethod
+    def levels(self, split: Literal["train", "test"]) -> torch.Tensor:
+        """The split's 8-bit levels (N, C, H, W), uint8."""
+
 
 class Labelled(ABC):
     """Datasets with a class label per example (MNIST, ...)."""

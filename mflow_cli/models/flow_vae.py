@@ -182,6 +182,10 @@ class FlowVAE(Model, VariationalModel):
         mean, log_var = self.posterior_head(h).chunk(2, dim=-1)
         return mean, log_var, (self.flow_head(h) if self.dynamic else None), h
 
+    @property
+    def posterior_flow_label(self) -> str:
+        return f"{self.flow.kind}, K = {self.flow.length}" if self.flow.length else "none (plain VAE)"
+
     def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Decoder outputs, flat (B, D): Bernoulli logits, or mean and log-scale."""
         out = self.decoder(z).reshape(z.shape[0], self.out_factor, self.data_dim)

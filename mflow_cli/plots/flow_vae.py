@@ -83,7 +83,6 @@ def plot_flow_vae(
         fig.colorbar(pts, ax=ax, label="label")
         ax.set_xlabel("z₁")
         ax.set_ylabel("z₂")
-        flow = model.flow.kind if model.flow.length else "none"
-        ax.set_title(f"posterior samples z_K of test images (flow: {flow}, K = {model.flow.length})", fontsize=9)
+        ax.set_title(f"posterior samples z_K of test images (flow: {model.posterior_flow_label})", fontsize=9)
         paths.append(save(fig, out_dir / "latent_space.png"))
     return [p for p in paths if p is not None]
