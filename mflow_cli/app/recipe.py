@@ -191,7 +191,8 @@ def validate_kwargs(
             raise ConfigError(
                 f"{source}: '{section}.{name}' must be {_type_name(tp)}, got {_short(values[name])}"
             )
-        _check_number(value, f"{source}: '{section}.{name}'")
+        if section != "train":  # TrainConfig.check gives the train keys their own ranges
+            _check_number(value, f"{source}: '{section}.{name}'")
         if isinstance(value, str) and _mentions(tp, ExistingPath):
             found = os.path.expanduser(value)
             if not os.path.exists(found):
@@ -343,8 +344,9 @@ def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
 
 def parse_yaml(text: str, source: str) -> Any:
     """Parse one YAML document with the recipe limits (:class:`_RecipeLoader`); errors name ``source``."""
-    loader = _RecipeLoader(text, source)
+    loader = None
     try:
+        loader = _RecipeLoader(text, source)
         node = loader.get_single_node()
         if node is None:
             return None
@@ -359,7 +361,8 @@ def parse_yaml(text: str, source: str) -> Any:
     except RecursionError:
         raise ConfigError(f"{source}: nested too deeply") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def read_yaml(path: str | Path) -> dict:

@@ -17,10 +17,9 @@ from functools import cache
 
 import pytest
 import torch
+from helpers import TinyImages
 
-from mflow_cli.datasets.base import Dataset, Labelled, PixelData
 from mflow_cli.datasets.images import ImageManifold
-from mflow_cli.datasets.pixels import PixelSpace
 from mflow_cli.datasets.sphere import VonMisesSphereMixture
 from mflow_cli.datasets.spiral import ThinSpiral
 from mflow_cli.datasets.toy3d import Toy3D
@@ -34,31 +33,6 @@ from mflow_cli.models.manifold_flow import ManifoldFlow
 from mflow_cli.models.vq_flow import VQFlow
 
 torch.set_num_threads(1)
-
-
-class TinyImages(Dataset, PixelData, Labelled):
-    """40/20 random 1×4×4 images, logit preprocessing, dequantized: a stand-in for MNIST."""
-
-    data_shape = (1, 4, 4)
-
-    def __init__(self) -> None:
-        gen = torch.Generator().manual_seed(0)
-        self._levels = {split: torch.randint(0, 256, (n, 1, 4, 4), generator=gen) for split, n in
-                        (("train", 40), ("test", 20))}
-        self._pixels = PixelSpace(self.data_shape, preprocessing="logit", logit_alpha=0.05, dequantize=True)
-
-    @property
-    def pixels(self) -> PixelSpace:
-        return self._pixels
-
-    def train_data(self) -> torch.Tensor:
-        return self.pixels.to_model(self._levels["train"], dequantize=False)
-
-    def test_data(self) -> torch.Tensor:
-        return self.pixels.to_model(self._levels["test"], generator=torch.Generator().manual_seed(1))
-
-    def labels(self, split="test") -> torch.Tensor:
-        return torch.arange(len(self._levels[split])) % 3
 
 
 def tiny_manifold_flow(data_shape, latent_dim, **kw) -> ManifoldFlow:
@@ -87,14 +61,15 @@ def image_setup():
 @cache
 def vq_setup():
     torch.manual_seed(0)
-    model = VQFlow((3,), num_charts=2, layers=1, hidden_features=8, vq_hidden_features=8).eval()
+    model = VQFlow((3,), num_charts=2, chart_layers=1, hidden_features=8, vq_hidden_features=8).eval()
     return model, Toy3D("spheres", n_train=300, n_test=50)
 
 
 @cache
 def vae_setup():
     torch.manual_seed(0)
-    model = FlowVAE((1, 4, 4), latent_dim=2, flow="planar", flow_length=2, hidden=[8], likelihood="gaussian")
+    model = FlowVAE((1, 4, 4), latent_dim=2, posterior_flow="planar", posterior_layers=2, hidden=[8],
+                    likelihood="gaussian")
     return model.eval(), TinyImages()
 
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import TinyImages
 
-from mflow_cli.datasets.base import Dataset, Labelled, PixelData
 from mflow_cli.datasets.images import ImageManifold
-from mflow_cli.datasets.pixels import PixelSpace
 from mflow_cli.datasets.sphere import VonMisesSphereMixture
 from mflow_cli.datasets.spiral import ThinSpiral
 from mflow_cli.datasets.toy3d import Toy3D
@@ -27,31 +26,12 @@ from mflow_cli.plots.manifold import ManifoldFigures, plot_manifold
 from mflow_cli.plots.vq_flow import AtlasFigures, plot_vq_flow
 
 torch.set_num_threads(1)
-RECORDS = [{"phase": "joint", "epoch": 1, "loss": 2.0}, {"phase": "joint", "epoch": 2, "loss": 1.5}]
 
 
-class TinyImages(Dataset, PixelData, Labelled):
+def binary_images() -> TinyImages:
     """30/20 random 1×4×4 images as binarized pixels (a stand-in for binarized MNIST)."""
-
-    data_shape = (1, 4, 4)
-
-    def __init__(self) -> None:
-        gen = torch.Generator().manual_seed(0)
-        self._levels = torch.randint(0, 256, (50, 1, 4, 4), generator=gen)
-        self._pixels = PixelSpace(self.data_shape, preprocessing="none", dequantize=False, binarize="threshold")
-
-    @property
-    def pixels(self) -> PixelSpace:
-        return self._pixels
-
-    def train_data(self) -> torch.Tensor:
-        return self.pixels.to_model(self._levels[:30])
-
-    def test_data(self) -> torch.Tensor:
-        return self.pixels.to_model(self._levels[30:])
-
-    def labels(self, split="test") -> torch.Tensor:
-        return torch.arange(30 if split == "train" else 20) % 4
+    return TinyImages(n_train=30, n_test=20, preprocessing="none", dequantize=False, binarize="threshold", num_labels=4)
+RECORDS = [{"phase": "joint", "epoch": 1, "loss": 2.0}, {"phase": "joint", "epoch": 2, "loss": 1.5}]
 
 
 def test_mosaic_places_each_image_in_its_cell_with_white_gaps():
@@ -98,18 +78,18 @@ def test_plot_images_draws_samples_reconstructions_interpolations(tmp_path):
 
 @pytest.mark.parametrize("image_data", [False, True])
 def test_plot_vq_flow_draws_samples(tmp_path, image_data):
-    data = TinyImages() if image_data else Toy3D("spheres", n_train=50, n_test=40)
+    data = binary_images() if image_data else Toy3D("spheres", n_train=50, n_test=40)
     torch.manual_seed(0)
-    model = VQFlow(data.data_shape, num_charts=2, layers=1, hidden_features=8, vq_hidden_features=8).eval()
+    model = VQFlow(data.data_shape, num_charts=2, chart_layers=1, hidden_features=8, vq_hidden_features=8).eval()
     paths = plot_vq_flow(model, data, RECORDS, tmp_path, AtlasEvaluation(), AtlasFigures(n_samples=20))
     assert {p.name for p in paths} == {"training_curves.png", "samples.png"}
 
 
 def test_plot_flow_vae_draws_samples_reconstructions_and_latents(tmp_path):
     torch.manual_seed(0)
-    model = FlowVAE((1, 4, 4), latent_dim=2, flow="planar", flow_length=2, hidden=[8]).eval()
+    model = FlowVAE((1, 4, 4), latent_dim=2, posterior_flow="planar", posterior_layers=2, hidden=[8]).eval()
     figure = VariationalFigures(n_samples=6, n_reconstructions=4, latent_points=20)
-    paths = plot_flow_vae(model, TinyImages(), RECORDS, tmp_path, VariationalEvaluation(), figure)
+    paths = plot_flow_vae(model, binary_images(), RECORDS, tmp_path, VariationalEvaluation(), figure)
     assert {p.name for p in paths} == {"training_curves.png", "samples.png", "reconstructions.png",
                                        "latent_space.png"}
 
