@@ -34,7 +34,7 @@ def _neighbour_distances(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def two_nn(x: np.ndarray, discard_fraction: float = 0.1) -> float:
-    r"""TwoNN estimate (Facco et al. 2017, eq. 3 and Fig. 1) from the ratios μ = r₂ / r₁ of each point's
+    r"""TwoNN estimate (Facco et al. 2017) from the ratios μ = r₂ / r₁ of each point's
     second to first neighbour distance.
 
     Under local uniformity μ follows a Pareto law, F(μ) = 1 − μ^{−d}, so −log(1 − F(μ)) = d·log μ:
@@ -163,10 +163,23 @@ def estimate_intrinsic_dimension(
     rows are drawn at random (seeded). Each estimate's spread is its standard deviation over
     ``n_subsets`` random subsets of ``subset_fraction`` of those points.
 
-    The MLE estimate averages the curve over ``mle_k`` (Levina & Bickel average over k = 10…20): small
-    enough to stay local, large enough that a little noise off the manifold, which inflates the
-    estimate at the smallest k, has averaged out. The curve over all of ``k_values`` is returned so the
-    scale dependence can be looked at (:func:`mflow_cli.plots.intrinsic_dimension.plot_intrinsic_dimension`).
+    Choices, and why:
+
+    * The MLE estimate averages the curve over ``mle_k`` = 10…20, Levina & Bickel's range: small
+      enough to stay local (curvature and the data's edges pull the estimate down at large k), large
+      enough that thin noise off the manifold, which inflates the estimate at the smallest k, matters
+      less. The whole curve over ``k_values`` is returned so this scale dependence can be looked at
+      (:func:`mflow_cli.plots.intrinsic_dimension.plot_intrinsic_dimension`): a curve that falls
+      with k towards a plateau means noise; read the dimension off the plateau.
+    * Local PCA with ``pca_neighbours`` = 20 and 95 % of the variance: 20 points span a patch well for
+      dimensions up to ~10, and the 5 % left over absorbs curvature and small noise.
+    * TwoNN sees only the two nearest neighbours, so it is the most sensitive to noise (and to
+      quantization, as in 8-bit images); the suggestion is the median of the three estimates, so one
+      estimator off at its own scale does not move it.
+    * ``max_points`` also sets the scale: fewer points are farther apart, which looks past noise of a
+      given size.
+
+    ``x`` may be any array-like (a CPU tensor too); it is flattened to (N, D) and read as float64.
     """
     x = np.asarray(x, dtype=np.float64)
     x = x.reshape(len(x), -1)

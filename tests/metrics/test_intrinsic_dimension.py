@@ -48,6 +48,17 @@ def test_recovers_the_known_dimension(case):
     assert all(0 <= s < 0.15 for s in result.spread.values())
 
 
+def test_noise_off_the_curve_shows_as_a_rise_at_small_k():
+    """Thin noise (σ = 0.001) around the spiral: the smallest neighbourhoods see 2-D noise, larger ones the curve."""
+    x = ThinSpiral(n_train=5000).train_data().double().numpy()
+    noisy = x + 0.001 * np.random.default_rng(0).standard_normal(x.shape)
+    result = estimate_intrinsic_dimension(noisy)
+    curve = dict(zip(result.k_values.tolist(), result.mle_curve, strict=True))
+    assert curve[3] > 1.4 and abs(curve[40] - 1) < 0.1 and curve[3] > curve[10] > curve[20] > curve[40]
+    assert result.estimates["two_nn"] > 1.4  # TwoNN looks at the smallest scale only
+    assert result.suggested_latent_dim == 1
+
+
 def test_mle_curve_matches_brute_force():
     x = three_sphere_in_r10(300, seed=4)
     distances = np.sort(cdist(x, x), axis=1)[:, 1:]  # T_1 <= T_2 <= ... per point
