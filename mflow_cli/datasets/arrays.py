@@ -330,9 +330,9 @@ def _open_text(path: Path, columns: Sequence[int | str] | None, threshold_bytes:
             "convert it to .npy (numpy.save) or HDF5"
         )
     delimiter = TEXT_SUFFIXES[path.suffix.lower()]
-    with open(path, newline="") as handle:
-        sample = handle.read(1 << 16)
     if delimiter is None:
+        with open(path, newline="") as handle:
+            sample = handle.read(1 << 16)
         try:
             delimiter = csv.Sniffer().sniff(sample, delimiters=",;\t").delimiter
         except csv.Error:
