@@ -552,8 +552,9 @@ class ArrayDataset(Dataset):
         test_fraction: The fraction of rows held out for testing (default 0.1); not with ``test_path``.
         test_path: A separate test file (same format rules, ``key`` and ``columns``) instead of
             holding out ``test_fraction`` of ``path``.
-        n_train: Use at most this many training rows (a random subset); null for all.
-        n_test: Use at most this many test rows (a random subset); null for all.
+        n_train: Use at most this many training rows (a random subset, of whole blocks of rows
+            when the file is streamed); null for all.
+        n_test: Use at most this many test rows (a random subset, as for ``n_train``); null for all.
         seed: Seed of the train/test split and of the subsets.
         standardize: Shift and scale each feature to mean 0 and standard deviation 1 over the
             training rows (a constant feature is only shifted).
