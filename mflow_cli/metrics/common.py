@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 
@@ -31,3 +32,20 @@ def model_device(model: torch.nn.Module) -> torch.device:
     """The device of the model's first parameter (CPU for a model without parameters)."""
     first = next(model.parameters(), None)
     return first.device if first is not None else torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """What one key of an evaluator's output means: shown in ``mflow evaluate``'s table, the JSON's ``metadata``
+    block and the README glossary.
+
+    ``unit`` is e.g. ``"nats"``, ``"bits/dim"``, ``"nats (per point)"``, ``"squared distance"``, ``"count"``, ``""``
+    (a ratio); ``better`` says which direction is better (``"higher"``, ``"lower"``, or ``"n/a"`` for settings and
+    counts); ``timing`` marks machine-dependent timings, reported in their own table.
+    """
+
+    name: str
+    unit: str
+    better: Literal["higher", "lower", "n/a"]
+    doc: str
+    timing: bool = False
