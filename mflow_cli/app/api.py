@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from ..models.base import Model
 from ..models.interfaces import AtlasModel, ManifoldModel
 from . import runs
 from .recipe import Recipe, apply_overrides, load_recipe, parse_overrides, read_yaml, validate
@@ -37,8 +36,14 @@ class Run:
     Inputs are (N, *data_shape) arrays or tensors; outputs are NumPy arrays unless ``numpy=False``.
     """
 
-    def __init__(self, path: Path, recipe: Recipe, model: Model) -> None:
-        self.path, self.recipe, self.model = path, recipe, model
+    def __init__(self, path: Path, opened: runs.OpenRun) -> None:
+        self.path, self._opened = path, opened
+        self.recipe, self.model = opened.recipe, opened.model
+
+    @property
+    def units(self):
+        """The standardization between your data's units and the model's (own data), else None."""
+        return self._opened.units
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, kind={self.recipe.model['kind']!r}, data={self.recipe.data['name']!r})"
@@ -69,14 +74,15 @@ class Run:
             if seed is not None:
                 torch.manual_seed(seed)
             parts = [self.model.sample(min(batch_size, n - start)).cpu() for start in range(0, n, batch_size)]
-        return self._out(torch.cat(parts), numpy)
+        return self._out(self._opened.to_original_units(torch.cat(parts)), numpy)
 
     def encode(self, x: ArrayLike, batch_size: int = 1000, numpy: bool = True) -> dict[str, Any]:
         """What ``mflow encode`` writes, per row of x: ``latents``, ``log_prob`` and the kind's own outputs."""
-        x = self._tensor(x)
+        x = self._opened.to_model_units(self._tensor(x))
         parts: dict[str, list[torch.Tensor]] = {}
         for chunk in torch.split(x, batch_size):
-            for key, value in self.model.encode(chunk.to(self.device)).items():
+            out = self._opened.outputs_to_original_units(self.model.encode(chunk.to(self.device)))
+            for key, value in out.items():
                 parts.setdefault(key, []).append(value.detach().cpu())
         return {key: self._out(torch.cat(values), numpy) for key, values in parts.items()}
 
@@ -85,29 +91,31 @@ class Run:
         density (VQ-Flows); flow-VAEs have no closed form (use ``encode(x)["elbo"]``)."""
         if not isinstance(self.model, (ManifoldModel, AtlasModel)):
             raise ConfigError(f"{self.recipe.model['kind']} has no exact log density; use encode(x)['elbo']")
-        x = self._tensor(x)
+        x = self._opened.to_model_units(self._tensor(x))
         with torch.no_grad():
             if isinstance(self.model, ManifoldModel):
                 parts = [self.model.log_prob_manifold(c.to(self.device))[0].cpu() for c in torch.split(x, batch_size)]
             else:
                 parts = [self.model.log_prob(c.to(self.device)).cpu() for c in torch.split(x, batch_size)]
-        return self._out(torch.cat(parts), numpy)
+        log_p = torch.cat(parts)
+        if self.units is not None:
+            log_p = log_p + self.units.log_abs_det_to_model
+        return self._out(log_p, numpy)
 
     def project(self, x: ArrayLike, batch_size: int = 1000, numpy: bool = True):
         """The projection of each row onto the learned manifold, g(u(x)), shaped like x (manifold models)."""
         if not isinstance(self.model, ManifoldModel):
             raise ConfigError(f"{self.recipe.model['kind']} learns no manifold to project onto")
-        x = self._tensor(x)
+        x = self._opened.to_model_units(self._tensor(x))
         with torch.no_grad():
             parts = [self.model.decode(self.model.project(c.to(self.device))[0]).cpu()
                      for c in torch.split(x, batch_size)]
-        return self._out(torch.cat(parts).reshape(x.shape), numpy)
+        return self._out(self._opened.to_original_units(torch.cat(parts).reshape(x.shape)), numpy)
 
 
 def load_run(path: str | Path, device: str | None = None) -> Run:
     """Open a run folder written by ``mflow train`` (or :func:`train`)."""
-    recipe, model = runs.load_run(path, device)
-    return Run(Path(path), recipe, model)
+    return Run(Path(path), runs.open_run(path, device))
 
 
 def train(

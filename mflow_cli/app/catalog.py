@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from ..datasets.arrays import ArrayDataset
 from ..datasets.base import Dataset, PixelData
 from ..datasets.circle import VonMisesCircle
 from ..datasets.images import ImageManifold
@@ -169,6 +170,7 @@ DATASETS: Mapping[str, type[Dataset]] = _frozen({
     "fashion_mnist": FashionMNIST,
     "svhn": SVHN,
     "cifar10": CIFAR10,
+    "array": ArrayDataset,
 })
 
 

@@ -152,7 +152,7 @@ _REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxtuple, _REPR.maxset = 2, 
 _REPR.maxstring = _REPR.maxother = _REPR.maxlong = 40
 
 
-def _short(value: Any) -> str:
+def short_repr(value: Any) -> str:
     """A bounded repr for error messages: never expands a huge or deeply shared value."""
     text = _REPR.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -189,7 +189,7 @@ def validate_kwargs(
         ok, value = _check(values[name], tp)
         if not ok:
             raise ConfigError(
-                f"{source}: '{section}.{name}' must be {_type_name(tp)}, got {_short(values[name])}"
+                f"{source}: '{section}.{name}' must be {_type_name(tp)}, got {short_repr(values[name])}"
             )
         if section != "train":  # TrainConfig.check gives the train keys their own ranges
             _check_number(value, f"{source}: '{section}.{name}'")
@@ -216,7 +216,7 @@ def _check_number(value: Any, where: str) -> None:
         if isinstance(item, float) and not math.isfinite(item):
             raise ConfigError(f"{where} must be a finite number, got {item}")
         if isinstance(item, int) and not 0 <= item <= MAX_INT:
-            raise ConfigError(f"{where} must be an integer in 0..2^62, got {_short(item)}")
+            raise ConfigError(f"{where} must be an integer in 0..2^62, got {short_repr(item)}")
 
 
 def _mentions(tp: Any, target: type) -> bool:
@@ -326,7 +326,7 @@ class _RecipeLoader(yaml.SafeLoader):
                 continue
             key, line = key_node.value, key_node.start_mark.line + 1
             if key in seen:
-                raise ConfigError(f"{self.source}: duplicate key {_short(key)} at lines {seen[key]} and {line}")
+                raise ConfigError(f"{self.source}: duplicate key {short_repr(key)} at lines {seen[key]} and {line}")
             seen[key] = line
         return super().construct_mapping(node, deep)
 
@@ -468,7 +468,7 @@ def validate(doc: Any, source: str, default_name: str = "run") -> Recipe:
     for key in doc:
         if key not in TOP_LEVEL:
             raise ConfigError(
-                f"{source}: unknown top-level key {_short(key)} (expected one of: {', '.join(TOP_LEVEL)})"
+                f"{source}: unknown top-level key {short_repr(key)} (expected one of: {', '.join(TOP_LEVEL)})"
             )
     for section in SECTIONS:
         value = doc.get(section, {})
@@ -486,15 +486,15 @@ def validate(doc: Any, source: str, default_name: str = "run") -> Recipe:
     for key, (tp, value) in top.items():
         ok, _ = _check(value, tp)
         if not ok:
-            raise ConfigError(f"{source}: '{key}' must be {_type_name(tp)}, got {_short(value)}")
+            raise ConfigError(f"{source}: '{key}' must be {_type_name(tp)}, got {short_repr(value)}")
     if top["threads"][1] is not None and not 1 <= top["threads"][1] <= MAX_THREADS:
-        raise ConfigError(f"{source}: 'threads' must be in 1..{MAX_THREADS}, got {_short(top['threads'][1])}")
+        raise ConfigError(f"{source}: 'threads' must be in 1..{MAX_THREADS}, got {short_repr(top['threads'][1])}")
     if not 0 <= top["seed"][1] < 2**63:
-        raise ConfigError(f"{source}: 'seed' must be in 0..2^63 - 1, got {_short(top['seed'][1])}")
+        raise ConfigError(f"{source}: 'seed' must be in 0..2^63 - 1, got {short_repr(top['seed'][1])}")
     if not RUN_NAME.fullmatch(top["name"][1]):
         raise ConfigError(
             f"{source}: 'name' must be a plain name (letters, digits, '.', '_', '-'; no '/', not '.' or '..'), "
-            f"got {_short(top['name'][1])}"
+            f"got {short_repr(top['name'][1])}"
         )
 
     data = dict(doc.get("data") or {})

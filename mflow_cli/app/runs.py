@@ -12,19 +12,22 @@ import fcntl
 import os
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .. import distributed, io
-from ..datasets.base import Dataset
+from ..datasets.arrays import Standardization
+from ..datasets.base import Dataset, TableData
 from ..errors import ConfigError, OutputError
 from ..models.base import Model
 from ..training import TrainConfig, TrainingMonitor, train
 from . import catalog
-from .recipe import Recipe, validate, write_yaml
+from .recipe import Recipe, short_repr, validate, write_yaml
 
+SPLIT_FILE = "split.json"
 MODEL_FILE = "model.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.jsonl"
@@ -199,8 +202,16 @@ def _train_into(recipe, out_dir, device, dist, main, resume, force, monitor) -> 
         dist.barrier()  # every rank has read the folder before rank 0 writes into it
 
     dataset = build_dataset(recipe)
-    data = dataset.train_data()
-    shape = tuple(data.shape[1:])
+    if isinstance(dataset, TableData):  # the user's own table: checked, then read in batches (streamed if large)
+        dataset.check_rows(recipe.train["batch_size"])
+        data, shape = dataset.batch_source(), tuple(dataset.data_shape)
+        units: Standardization | None = dataset.standardization
+        if main:
+            io.write_json(dataset.split_info(), out_dir / SPLIT_FILE)
+    else:
+        data = dataset.train_data()
+        shape, units = tuple(data.shape[1:]), None
+        data = data.to(device)
     set_threads(recipe, shape)
     torch.manual_seed(recipe.seed)
     model = build_model(recipe, shape).to(device)
@@ -219,7 +230,7 @@ def _train_into(recipe, out_dir, device, dist, main, resume, force, monitor) -> 
 
     train(
         model,
-        data.to(device),
+        data,
         TrainConfig(**recipe.train),
         seed=recipe.seed,
         resume_state=resume_state,
@@ -229,23 +240,62 @@ def _train_into(recipe, out_dir, device, dist, main, resume, force, monitor) -> 
         dist=dist,
     )
     if main:
-        save_model(model, recipe, shape, out_dir / MODEL_FILE)
+        save_model(model, recipe, shape, out_dir / MODEL_FILE, units)
     if dist is not None:
         dist.close()
 
 
-def save_model(model: Model, recipe: Recipe, data_shape: tuple[int, ...], path: Path) -> None:
+def save_model(
+    model: Model, recipe: Recipe, data_shape: tuple[int, ...], path: Path, units: Standardization | None = None
+) -> None:
+    """model.pt: weights, the resolved recipe, the data shape, versions and (own data) the units' standardization."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    io.save_torch(
-        {"state_dict": state, "recipe": recipe.to_dict(), "data_shape": list(data_shape), "versions": io.versions()},
-        path,
-    )
+    blob = {"state_dict": state, "recipe": recipe.to_dict(), "data_shape": list(data_shape), "versions": io.versions()}
+    if units is not None:
+        blob["standardization"] = units.state()
+    io.save_torch(blob, path)
 
 
-def load_run(run_dir: str | Path, device: str | None = None) -> tuple[Recipe, Model]:
+@dataclass(frozen=True)
+class OpenRun:
+    """A run folder's resolved recipe, its model (eval mode) and, for own data, the units' standardization."""
+
+    recipe: Recipe
+    model: Model
+    units: Standardization | None
+
+    def to_model_units(self, x: torch.Tensor) -> torch.Tensor:
+        """Inputs in the data's own units -> the model's (the identity without a standardization)."""
+        if self.units is None:
+            return x
+        return self.units.to_model(x.reshape(len(x), -1)).to(x.dtype).reshape(x.shape)
+
+    def to_original_units(self, x: torch.Tensor) -> torch.Tensor:
+        """Points the model made (samples, projections) -> the data's own units."""
+        if self.units is None:
+            return x
+        return self.units.to_original(x.reshape(len(x), -1)).to(x.dtype).reshape(x.shape)
+
+    def outputs_to_original_units(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Log densities among ``encode``'s outputs become densities in the data's units (+ log|det ∂y/∂x|)."""
+        if self.units is None:
+            return out
+        shift = self.units.log_abs_det_to_model
+        return {k: v + shift if k in DENSITY_OUTPUTS else v for k, v in out.items()}
+
+
+DENSITY_OUTPUTS = ("log_prob", "log_prob_ambient", "elbo")
+"""The outputs of ``encode`` that are log densities of the input (they change with the input's units)."""
+
+MAX_DATA_DIMS = 2**28
+
+
+def open_run(run_dir: str | Path, device: str | None = None) -> OpenRun:
     """Rebuild the trained model of a run folder (weights loaded with ``weights_only=True``).
 
-    Process-wide settings (torch's thread count) are left alone; the commands set them (:func:`load_for_command`).
+    Refused with one line: a missing or unfinished run, a file that is not an mflow model, a data shape no model
+    could have, weights that do not fit or are not finite. Process-wide settings (torch's thread count) are left
+    alone; the commands set them (:func:`load_for_command`).
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -259,22 +309,48 @@ def load_run(run_dir: str | Path, device: str | None = None) -> tuple[Recipe, Mo
     for key in ("state_dict", "recipe", "data_shape"):
         if key not in blob:
             raise ConfigError(f"{path}: not an mflow model file (no '{key}')")
+    shape_value = blob["data_shape"]
+    if (
+        not isinstance(shape_value, (list, tuple)) or not 1 <= len(shape_value) <= 4
+        or not all(isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= 2**20 for s in shape_value)
+        or torch.Size(shape_value).numel() > MAX_DATA_DIMS
+    ):
+        raise ConfigError(f"{path}: data_shape {short_repr(shape_value)} is not the shape of one sample")
+    if not isinstance(blob["state_dict"], dict) or not all(
+        isinstance(v, torch.Tensor) for v in blob["state_dict"].values()
+    ):
+        raise ConfigError(f"{path}: not an mflow model file (state_dict holds non-tensors)")
+    bad = [k for k, v in blob["state_dict"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ConfigError(f"{path}: {len(bad)} weight tensor(s) hold NaN or inf (e.g. {bad[0]}); refusing the model")
     recipe = validate(blob["recipe"], str(path))
-    shape = tuple(int(s) for s in blob["data_shape"])
+    shape = tuple(int(s) for s in shape_value)
     model = build_model(recipe, shape)
     try:
         model.load_state_dict(blob["state_dict"])
     except RuntimeError as err:
         raise ConfigError(f"{path}: weights do not fit the model ({str(err).splitlines()[0][:100]})") from None
     model.to(torch.device(device) if device else pick_device(recipe)).eval()
-    return recipe, model
+    units = None
+    if "standardization" in blob:
+        try:
+            units = Standardization.from_state(blob["standardization"])
+        except (ConfigError, KeyError, TypeError) as err:
+            raise ConfigError(f"{path}: unreadable standardization ({err})") from None
+    return OpenRun(recipe, model, units)
 
 
-def load_for_command(run_dir: str | Path) -> tuple[Recipe, Model]:
-    """:func:`load_run`, then the recipe's thread count (the CLI commands run one job per process)."""
-    recipe, model = load_run(run_dir)
-    set_threads(recipe, model.data_shape)
-    return recipe, model
+def load_run(run_dir: str | Path, device: str | None = None) -> tuple[Recipe, Model]:
+    """The recipe and model of a run folder (:func:`open_run` without the units)."""
+    run = open_run(run_dir, device)
+    return run.recipe, run.model
+
+
+def load_for_command(run_dir: str | Path) -> OpenRun:
+    """:func:`open_run`, then the recipe's thread count (the CLI commands run one job per process)."""
+    run = open_run(run_dir)
+    set_threads(run.recipe, run.model.data_shape)
+    return run
 
 
 def _batches(n: int, batch_size: int):
@@ -296,12 +372,13 @@ def sample_to_h5(
     if not 1 <= n <= MAX_SAMPLES or batch_size < 1:
         raise ConfigError(f"-n must be in 1..2^40 and --batch-size at least 1, got {n} and {batch_size}")
     check_output(out, force, inputs=(Path(run_dir) / MODEL_FILE,))
-    recipe, model = load_for_command(run_dir)
+    run = load_for_command(run_dir)
+    recipe, model = run.recipe, run.model
     torch.manual_seed(seed)
     attrs = {"model": recipe.model["kind"], "recipe": recipe.name, "seed": seed, "mflow": io.versions()["mflow"]}
     with io.H5Writer(out, {"samples": (n, *model.data_shape)}, attrs) as writer:
         for start, size in _batches(n, batch_size):
-            writer.write(start, {"samples": model.sample(size)})
+            writer.write(start, {"samples": run.to_original_units(model.sample(size))})
             if progress:
                 progress(size)
     return Path(out)
@@ -321,7 +398,8 @@ def encode_h5(
     check_output(out, force, inputs=(inp, Path(run_dir) / MODEL_FILE))
     if batch_size < 1:
         raise ConfigError("--batch-size must be at least 1")
-    recipe, model = load_for_command(run_dir)
+    run = load_for_command(run_dir)
+    recipe, model = run.recipe, run.model
     name, n = io.open_h5_input(inp, dataset, model.data_shape)
     device = next(model.parameters()).device
     probe = model.encode(torch.zeros(1, *model.data_shape, device=device))
@@ -329,7 +407,7 @@ def encode_h5(
     attrs = {"model": recipe.model["kind"], "recipe": recipe.name, "input": str(inp), "dataset": name}
     with io.H5Writer(out, shapes, attrs) as writer:
         for start, batch in io.iter_h5_batches(inp, name, batch_size):
-            writer.write(start, model.encode(batch.to(device)))
+            writer.write(start, run.outputs_to_original_units(model.encode(run.to_model_units(batch).to(device))))
             if progress:
                 progress(len(batch))
     return Path(out)
@@ -343,7 +421,8 @@ def evaluate_run(run_dir: str | Path, out: str | Path | None = None, force: bool
     run_dir = Path(run_dir)
     if out is not None:
         check_output(out, force, inputs=(run_dir / MODEL_FILE,))
-    recipe, model = load_for_command(run_dir)
+    run = load_for_command(run_dir)
+    recipe, model = run.recipe, run.model
     with run_lock(run_dir):
         dataset = build_dataset(recipe)
         scoring = evaluation(recipe)
@@ -354,7 +433,8 @@ def evaluate_run(run_dir: str | Path, out: str | Path | None = None, force: bool
 
 def plot_run(run_dir: str | Path) -> list[Path]:
     """Draw the family's figures into ``RUN_DIR/plots``; return their paths."""
-    recipe, model = load_for_command(run_dir)
+    run = load_for_command(run_dir)
+    recipe, model = run.recipe, run.model
     with run_lock(Path(run_dir)):
         dataset = build_dataset(recipe)
         records = io.read_jsonl(Path(run_dir) / METRICS_FILE)

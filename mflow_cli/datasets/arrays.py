@@ -28,7 +28,7 @@ import torch
 
 from ..errors import ConfigError
 from ..training import BatchSource, TensorBatches
-from .base import Dataset, ExistingPath
+from .base import Dataset, ExistingPath, TableData
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
 TEXT_SUFFIXES = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": None, ".dat": None}
@@ -531,7 +531,7 @@ class StreamedBatches(BatchSource):
 # --------------------------------------------------------------------------- the dataset
 
 
-class ArrayDataset(Dataset):
+class ArrayDataset(Dataset, TableData):
     r"""Your own (N, D) table of floats from an HDF5, ``.npy``, ``.npz``, CSV or TSV file.
 
     The rows are split into disjoint train and test sets by a seeded permutation (of rows, or of

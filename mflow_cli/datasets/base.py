@@ -9,11 +9,15 @@ attribute probe.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..training import BatchSource
+    from .arrays import Standardization
 
 
 class ExistingPath(str):
@@ -118,6 +122,24 @@ class Labelled(ABC):
     @abstractmethod
     def labels(self, split: Literal["train", "test"] = "test") -> torch.Tensor:
         """Integer labels (N,) of the split, in the order of :meth:`Dataset.train_data`/``test_data``."""
+
+
+class TableData(ABC):
+    """A user's (N, D) table in its own units: the model trains in standardized units (:attr:`standardization`
+    maps file units to the model's), on batches that large files stream from disk (:meth:`batch_source`)."""
+
+    @property
+    @abstractmethod
+    def standardization(self) -> Standardization:
+        """The affine map from the file's units to the model's (the identity without standardizing)."""
+
+    @abstractmethod
+    def batch_source(self) -> BatchSource:
+        """The training rows as a :class:`~mflow_cli.training.BatchSource` (read from the file if it is large)."""
+
+    @abstractmethod
+    def check_rows(self, batch_size: int) -> None:
+        """Raise :class:`~mflow_cli.errors.ConfigError` if the training split holds fewer rows than one batch."""
 
 
 class Simulator(SampledDataset, KnownDensity):
