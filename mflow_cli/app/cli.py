@@ -1,11 +1,16 @@
-"""The ``mflow`` command: parses arguments, prints with rich, and calls :mod:`mflow_cli.runs`.
+"""The ``mflow`` command: parses arguments, prints with rich, and calls :mod:`mflow_cli.app.runs`.
 
-Bad input (recipe, file, option) ends with a one-line ``error: ...`` on stderr and exit code 2.
+Every user-supplied string (paths, names, keys, values) is printed literally: the consoles read no markup and no
+emoji codes. Bad input (recipe, file, option) ends with one ``error: ...`` line on stderr and exit code 2; a failed
+write with one line and exit code 1; Ctrl-C, SIGTERM and SIGHUP with one line saying what was kept and exit code
+130. ``MFLOW_DEBUG=1`` shows the traceback of an internal error.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -13,21 +18,37 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
+from typer.core import TyperCommand
 
-from ..errors import ConfigError
+from ..errors import ConfigError, OutputError
 from ..version import __version__
+
+
+class _Command(TyperCommand):
+    """Usage lines name required arguments plainly (``RECIPE``, not typer 0.29's ``{recipe}``)."""
+
+    def collect_usage_pieces(self, ctx):
+        pieces = super().collect_usage_pieces(ctx)
+        return [p[1:-1] if p.startswith("{") and p.endswith("}") else p for p in pieces]
+
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
-    help="Normalizing flows on data manifolds: train, sample, encode, evaluate, plot, bench.",
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    help="Normalizing flows on data manifolds: train, sample, encode, evaluate, plot, describe, dimension, bench.",
 )
-console = Console()
-err_console = Console(stderr=True)
+console = Console(markup=False, emoji=False, highlight=False)
+err_console = Console(stderr=True, markup=False, emoji=False, highlight=False)
+_signalled: list[str] = []
+
+
+def command(**kwargs):
+    """``@app.command`` with the plain usage line."""
+    return app.command(cls=_Command, **kwargs)
 
 
 def _version(value: bool) -> None:
@@ -47,46 +68,22 @@ def main(
     """mflow: normalizing flows on data manifolds."""
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
+def _reporter():
+    from .progress import reporter_for
+
+    return reporter_for(console)
 
 
-class _RichMonitor:
-    """Training progress: one bar per phase with the running loss and the epoch.
-
-    The bars appear with the first phase, so an error while the data and model are built prints no empty bar.
-    """
-
-    def __init__(self, progress: Progress):
-        self.progress, self.task = progress, None
-
-    def phase_start(self, phase, total_steps, done_steps):
-        self.progress.start()
-        self.task = self.progress.add_task(phase, total=total_steps, completed=done_steps, info="")
-
-    def step(self, phase, epoch, logs):
-        info = f"epoch {epoch + 1}  " + "  ".join(f"{k} {v:.4g}" for k, v in logs.items())
-        self.progress.update(self.task, advance=1, info=info)
-
-    def epoch_end(self, record):
-        pass
+RUN_DIR = typer.Argument(..., metavar="RUN_DIR", help="Run folder written by mflow train.")
 
 
-@app.command()
+@command()
 def train(
-    recipe: Path = typer.Argument(..., help="Recipe YAML file."),
-    set_: list[str] = typer.Option([], "--set", help="Override a recipe key: section.key=value (repeatable)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default: runs/<recipe name>)."),
+    recipe: str = typer.Argument(..., metavar="RECIPE", help="Recipe YAML file, or a shipped recipe's name."),
+    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE",
+                                   help="Override a recipe key: section.key=value (repeatable)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="RUN_DIR",
+                                       help="Run folder (default: runs/<recipe name>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's checkpoint."),
     force: bool = typer.Option(False, "--force", help="Start over in a folder that already holds a run."),
 ) -> None:
@@ -94,98 +91,145 @@ def train(
 
     Ctrl-C or SIGTERM saves a checkpoint at the next step and exits (130); --resume continues. Under
     torchrun (e.g. torchrun --nproc_per_node 4 -m mflow_cli train R.yaml) it trains with
-    DistributedDataParallel; only rank 0 prints and writes.
+    DistributedDataParallel; only rank 0 prints and writes. A run folder has one writer at a time.
+
+    \b
+    Examples:
+      mflow train dnf_spiral                                   # a shipped recipe (mflow recipes lists them)
+      mflow train recipes/dnf_spiral.yaml --set train.epochs=5 --out runs/quick
+      mflow train dnf_own_data --set data.path=my.h5 --set model.latent_dim=2
+      mflow train dnf_spiral --resume                          # after a crash or Ctrl-C
     """
     from ..distributed import rank
+    from .progress import TrainingProgress
     from .recipe import load_recipe
+    from .recipes import resolve_recipe
     from .runs import train_run
 
     console.quiet = rank() > 0
-    spec = load_recipe(recipe, set_)
+    spec = load_recipe(resolve_recipe(recipe), set_)
     out_dir = out or Path("runs") / spec.name
-    console.print(f"[bold]mflow train[/] {spec.name}: {spec.model['kind']} on {spec.data['name']} -> {out_dir}")
-    progress = _progress()
+    console.print(Text(f"mflow train {spec.name}: {spec.model['kind']} on {spec.data['name']} -> {out_dir}"))
+    reporter = _reporter()
     try:
-        train_run(spec, out_dir, resume=resume, force=force, monitor=_RichMonitor(progress))
+        train_run(spec, out_dir, resume=resume, force=force, monitor=TrainingProgress(reporter))
     finally:
-        if progress.live.is_started:
-            progress.stop()
-    console.print(f"saved {out_dir / 'model.pt'}")
+        reporter.finish()
+    console.print(Text(f"saved {out_dir / 'model.pt'}"))
 
 
-@app.command()
+@command()
 def sample(
-    run_dir: Path = typer.Argument(..., help="Run folder written by mflow train."),
-    n: int = typer.Option(..., "-n", help="Number of samples."),
-    out: Path = typer.Option(..., "-o", "--out", help="Output HDF5 file (dataset 'samples')."),
-    batch_size: int = typer.Option(10000, "--batch-size", help="Samples drawn per batch."),
-    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    run_dir: Path = RUN_DIR,
+    n: int = typer.Option(..., "-n", metavar="N", help="Number of samples."),
+    out: Path = typer.Option(..., "-o", "--out", metavar="FILE.h5", help="Output HDF5 file (dataset 'samples')."),
+    batch_size: int = typer.Option(10000, "--batch-size", metavar="N", help="Samples drawn per batch."),
+    seed: int = typer.Option(0, "--seed", metavar="SEED", help="Random seed."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
 ) -> None:
-    """Draw samples from a trained model into an HDF5 file."""
-    from ..io import refuse_overwrite
+    """Draw samples from a trained model into an HDF5 file (in the data's own units).
+
+    \b
+    Example:
+      mflow sample runs/dnf_spiral -n 10000 -o samples.h5
+    """
     from .runs import sample_to_h5
 
-    refuse_overwrite(out, force)  # before the progress bar appears
-    with _progress() as progress:
-        task = progress.add_task("sample", total=n, info="")
-        sample_to_h5(run_dir, n, out, batch_size=batch_size, seed=seed, force=force,
-                     progress=lambda k: progress.advance(task, k))
-    console.print(f"wrote {n} samples to {out}")
+    reporter = _reporter()
+    try:
+        sample_to_h5(run_dir, n, out, batch_size=batch_size, seed=seed, force=force, progress=reporter)
+    finally:
+        reporter.finish()
+    console.print(Text(f"wrote {n} samples to {out}"))
 
 
-@app.command()
+@command()
 def encode(
-    run_dir: Path = typer.Argument(..., help="Run folder written by mflow train."),
+    run_dir: Path = RUN_DIR,
     inp: Path = typer.Argument(..., metavar="INPUT.h5", help="HDF5 file with an (N, D) float dataset."),
-    out: Path = typer.Option(..., "-o", "--out", help="Output HDF5 file (datasets 'latents', 'log_prob')."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset name in INPUT.h5 (default: its only one)."),
-    batch_size: int = typer.Option(1000, "--batch-size", help="Rows encoded per batch."),
+    out: Path = typer.Option(..., "-o", "--out", metavar="FILE.h5",
+                             help="Output HDF5 file (datasets 'latents', 'log_prob', ...)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", metavar="NAME",
+                                          help="Dataset name in INPUT.h5 (default: its only one)."),
+    batch_size: int = typer.Option(1000, "--batch-size", metavar="N", help="Rows encoded per batch."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
 ) -> None:
-    """Encode data into latents (and log densities where the model has them)."""
-    from ..io import refuse_overwrite
+    """Encode data into latents (and log densities where the model has them).
+
+    \b
+    Example:
+      mflow encode runs/dnf_spiral samples.h5 -o latents.h5
+    """
     from .runs import encode_h5
 
-    refuse_overwrite(out, force)  # before the progress bar appears
-    with _progress() as progress:
-        task = progress.add_task("encode", total=None, info="")
-        encode_h5(run_dir, inp, out, dataset=dataset, batch_size=batch_size, force=force,
-                  progress=lambda k: progress.advance(task, k))
-    console.print(f"wrote {out}")
+    reporter = _reporter()
+    try:
+        encode_h5(run_dir, inp, out, dataset=dataset, batch_size=batch_size, force=force, progress=reporter)
+    finally:
+        reporter.finish()
+    console.print(Text(f"wrote {out}"))
 
 
-@app.command()
+@command()
 def evaluate(
-    run_dir: Path = typer.Argument(..., help="Run folder written by mflow train."),
-    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Metrics JSON (default: RUN_DIR/evaluation.json)."),
+    run_dir: Path = RUN_DIR,
+    out: Optional[Path] = typer.Option(None, "-o", "--out", metavar="FILE.json",
+                                       help="Metrics JSON (default: RUN_DIR/evaluation.json)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --out file."),
 ) -> None:
-    """Compute test metrics (log-likelihood, reconstruction, KL to a known density, ...)."""
+    """Compute test metrics (log-likelihood, reconstruction, KL to a known density, ...).
+
+    \b
+    Example:
+      mflow evaluate runs/dnf_spiral              # table + runs/dnf_spiral/evaluation.json
+    """
     from .runs import evaluate_run
 
     with console.status("evaluating"):
-        metrics = evaluate_run(run_dir, out)
-    table = Table(title=f"evaluation of {run_dir}")
+        metrics = evaluate_run(run_dir, out, force=force)
+    _print_metrics(metrics, Text(f"evaluation of {run_dir}"))
+    console.print(Text(f"wrote {out or Path(run_dir) / 'evaluation.json'}"))
+
+
+def _print_metrics(metrics: dict, title: Text) -> None:
+    table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in metrics.items():
-        table.add_row(key, f"{value:.6g}" if isinstance(value, float) else str(value))
+        table.add_row(Text(key), Text(f"{value:.6g}" if isinstance(value, float) else str(value)))
     console.print(table)
-    console.print(f"wrote {out or Path(run_dir) / 'evaluation.json'}")
 
 
-@app.command()
-def plot(run_dir: Path = typer.Argument(..., help="Run folder written by mflow train.")) -> None:
-    """Draw PNG figures (training curves, samples over data, densities) into RUN_DIR/plots."""
+@command()
+def plot(run_dir: Path = RUN_DIR) -> None:
+    """Draw PNG figures (training curves, samples over data, densities) into RUN_DIR/plots.
+
+    \b
+    Example:
+      mflow plot runs/dnf_spiral
+    """
     from .runs import plot_run
 
     with console.status("plotting"):
         paths = plot_run(run_dir)
     for path in paths:
-        console.print(f"wrote {path}")
+        console.print(Text(f"wrote {path}"))
 
 
-@app.command()
+@command()
+def recipes() -> None:
+    """List the shipped recipes, one line each with what it reproduces (use one by name: mflow train NAME)."""
+    from .recipes import shipped_recipes, summary
+
+    table = Table(title="shipped recipes (mflow train NAME)")
+    table.add_column("name", no_wrap=True)
+    table.add_column("what it reproduces")
+    for name, path in shipped_recipes().items():
+        table.add_row(Text(name), Text(summary(path)))
+    console.print(table)
+
+
+@command()
 def describe(
     kind: Optional[str] = typer.Argument(None, help="A model kind (model.kind), e.g. dnf."),
     data: Optional[str] = typer.Option(None, "--data", help="Describe a dataset (data.name), e.g. thin_spiral."),
@@ -223,7 +267,7 @@ def describe(
         console.print(table)
 
 
-@app.command()
+@command()
 def dimension(
     file: Path = typer.Argument(..., help="An (N, D) table: HDF5, .npy, .npz, CSV or TSV."),
     key: Optional[str] = typer.Option(None, "--key", help="HDF5 dataset or .npz member (default: the only 2-D one)."),
@@ -266,7 +310,7 @@ def dimension(
     console.print(Text(f"  {report.train_command}"), soft_wrap=True)
 
 
-@app.command()
+@command()
 def bench(
     repeats: int = typer.Option(20, "--repeats", "-r", min=1, help="Timed calls per row (median reported)."),
     threads: Optional[int] = typer.Option(None, "--threads", "-t", min=1, help="torch intra-op threads."),
@@ -318,34 +362,55 @@ class _NoticeHandler(logging.Handler):
     """Library and recipe notices (e.g. an old key spelling) as one plain ``note:`` line each on stderr."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        err_console.print(Text(f"note: {record.getMessage()}"), highlight=False, soft_wrap=True)
+        err_console.print(Text(f"note: {record.getMessage()}"), soft_wrap=True)
+
+
+def _error(message: str, code: int) -> None:
+    """Print one ``error:`` line (newlines shown as ``\\n``, never markup) and exit with ``code``."""
+    line = str(message).replace("\r", "\\r").replace("\n", "\\n")
+    err_console.print(Text.assemble(("error:", "red"), " ", line), soft_wrap=True)
+    sys.exit(code)
+
+
+def _on_signal(signum, frame) -> None:
+    """SIGTERM/SIGHUP end the command like Ctrl-C: atomic outputs are left unwritten, training saves."""
+    _signalled.append(signal.Signals(signum).name)
+    raise KeyboardInterrupt
+
+
+def _interrupted() -> None:
+    name = _signalled[-1] if _signalled else "SIGINT"
+    _error(f"interrupted ({name}); unfinished outputs were removed, finished ones and checkpoints kept", 130)
 
 
 def run() -> None:
-    """Console-script entry point: turn :class:`ConfigError` into one line and its exit code."""
+    """Console-script entry point: every failure becomes one line and its exit code."""
     log = logging.getLogger("mflow")
     if not any(isinstance(h, _NoticeHandler) for h in log.handlers):
         log.addHandler(_NoticeHandler())
         log.propagate = False
     warnings.filterwarnings("ignore", module="nflows")
     warnings.filterwarnings("ignore", message=".*triangular_solve is deprecated.*")
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
     try:
-        app(standalone_mode=False)
-    except ConfigError as err:
-        # The message quotes user input (keys, paths): print it literally (no rich markup) and on one line.
-        line = escape(str(err).replace("\r", "\\r").replace("\n", "\\n"))
-        err_console.print(f"[red]error:[/] {line}", highlight=False, soft_wrap=True)
-        sys.exit(err.exit_code)
+        code = app(standalone_mode=False)
+    except (ConfigError, OutputError) as err:
+        _error(str(err), err.exit_code)
+    except KeyboardInterrupt:
+        _interrupted()
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
-        sys.exit(130)
+    except typer.Abort:
+        _interrupted()
     except Exception as exc:
-        # The parser's usage errors: click's, or the copy newer typer versions vendor (no click installed).
+        # The parser's usage errors (typer's vendored click): their own message and exit code 2.
         if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
             sys.exit(exc.exit_code)
-        if isinstance(exc, typer.Abort):
-            sys.exit(130)
-        raise
+        if os.environ.get("MFLOW_DEBUG"):
+            raise
+        _error(f"internal error: {type(exc).__name__}: {exc} (please report it; MFLOW_DEBUG=1 shows where)", 1)
+    if code == 130:
+        _interrupted()
+    sys.exit(code or 0)

@@ -11,10 +11,10 @@ import contextlib
 import fcntl
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -26,6 +26,9 @@ from ..models.base import Model
 from ..training import TrainConfig, TrainingMonitor, train
 from . import catalog
 from .recipe import Recipe, short_repr, validate, write_yaml
+
+if TYPE_CHECKING:
+    from .progress import Reporter
 
 SPLIT_FILE = "split.json"
 MODEL_FILE = "model.pt"
@@ -366,7 +369,7 @@ def sample_to_h5(
     batch_size: int = 10000,
     seed: int = 0,
     force: bool = False,
-    progress: Callable[[int], None] | None = None,
+    progress: Reporter | None = None,
 ) -> Path:
     """Draw ``n`` samples into HDF5 dataset ``samples`` (n, *data_shape), batch by batch."""
     if not 1 <= n <= MAX_SAMPLES or batch_size < 1:
@@ -377,10 +380,12 @@ def sample_to_h5(
     torch.manual_seed(seed)
     attrs = {"model": recipe.model["kind"], "recipe": recipe.name, "seed": seed, "mflow": io.versions()["mflow"]}
     with io.H5Writer(out, {"samples": (n, *model.data_shape)}, attrs) as writer:
+        if progress:
+            progress.start("sample", n)
         for start, size in _batches(n, batch_size):
             writer.write(start, {"samples": run.to_original_units(model.sample(size))})
             if progress:
-                progress(size)
+                progress.advance(size)
     return Path(out)
 
 
@@ -392,7 +397,7 @@ def encode_h5(
     dataset: str | None = None,
     batch_size: int = 1000,
     force: bool = False,
-    progress: Callable[[int], None] | None = None,
+    progress: Reporter | None = None,
 ) -> Path:
     """Encode every row of ``inp``'s dataset into ``latents`` (and ``log_prob`` where the model has it)."""
     check_output(out, force, inputs=(inp, Path(run_dir) / MODEL_FILE))
@@ -406,10 +411,12 @@ def encode_h5(
     shapes = {key: (n, *value.shape[1:]) for key, value in probe.items()}
     attrs = {"model": recipe.model["kind"], "recipe": recipe.name, "input": str(inp), "dataset": name}
     with io.H5Writer(out, shapes, attrs) as writer:
+        if progress:
+            progress.start("encode", n)
         for start, batch in io.iter_h5_batches(inp, name, batch_size):
             writer.write(start, run.outputs_to_original_units(model.encode(run.to_model_units(batch).to(device))))
             if progress:
-                progress(len(batch))
+                progress.advance(len(batch))
     return Path(out)
 
 
