@@ -400,7 +400,8 @@ def run() -> None:
     except KeyboardInterrupt:
         _interrupted()
     except typer.Exit as exc:
-        sys.exit(exc.exit_code)
+        if exc.exit_code:
+            sys.exit(exc.exit_code)
     except typer.Abort:
         _interrupted()
     except Exception as exc:
@@ -413,4 +414,5 @@ def run() -> None:
         _error(f"internal error: {type(exc).__name__}: {exc} (please report it; MFLOW_DEBUG=1 shows where)", 1)
     if code == 130:
         _interrupted()
-    sys.exit(code or 0)
+    if code:
+        sys.exit(code)

@@ -28,7 +28,7 @@ import torch
 
 from ..errors import ConfigError
 from ..training import BatchSource, TensorBatches
-from .base import Dataset, ExistingPath, TableData
+from .base import Dataset, TableData
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
 TEXT_SUFFIXES = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": None, ".dat": None}
@@ -565,11 +565,11 @@ class ArrayDataset(Dataset, TableData):
 
     def __init__(
         self,
-        path: ExistingPath,
+        path: str,
         key: str | None = None,
         columns: list[str | int] | None = None,
         test_fraction: float | None = None,
-        test_path: ExistingPath | None = None,
+        test_path: str | None = None,
         n_train: int | None = None,
         n_test: int | None = None,
         seed: int = 0,
