@@ -19,7 +19,7 @@ import os
 import pickle
 import secrets
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -209,9 +209,11 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return records
 
 
-def truncate_jsonl(path: str | Path, max_step: int) -> None:
-    """Drop records past ``max_step`` (written after the checkpoint a resume starts from)."""
-    records = [r for r in read_jsonl(path) if r.get("step", 0) <= max_step]
+def truncate_jsonl(path: str | Path, keep: Callable[[dict], bool] | int) -> None:
+    """Keep only the records ``keep`` accepts, or (an int) those up to that step (a resume drops the records
+    written after its checkpoint)."""
+    accept = keep if callable(keep) else (lambda r: r.get("step", 0) <= keep)
+    records = [r for r in read_jsonl(path) if accept(r)]
     with atomic_path(path) as tmp, writing(path):
         tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
 

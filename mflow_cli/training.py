@@ -26,7 +26,26 @@ if TYPE_CHECKING:
 
 @dataclass
 class TrainConfig:
-    """The recipe's ``train`` section."""
+    """The recipe's ``train`` section.
+
+    Extending a finished run (``--resume`` with more ``epochs``) continues from the step it reached with the
+    cosine schedule of the new budget: the learning rate is the longer schedule's value at that step.
+
+    Arguments:
+        epochs: Epochs per phase: one number for every phase, or a mapping ``{phase: epochs}``.
+        batch_size: Training rows per step (the global batch under torchrun).
+        lr: The AdamW learning rate at the start of each phase.
+        weight_decay: AdamW's decoupled weight decay.
+        lr_schedule: ``cosine`` (to 0 at the end of each phase) or ``constant``.
+        grad_clip: The largest gradient norm (clipped above it); null for no clipping.
+        checkpoint_every: Steps between checkpoints (also written after every epoch and on Ctrl-C).
+        max_nonfinite_steps: Steps with a NaN/inf loss or gradient skipped before training stops.
+        validation_fraction: Training rows held out (seeded) for the held-out loss and early stopping;
+            0 uses up to 2,000 test rows for the held-out curve only.
+        early_stopping_patience: Stop a phase after this many epochs without a better held-out loss and keep
+            its best weights (needs validation_fraction > 0); null trains every epoch.
+        tensorboard: Also write TensorBoard event files into RUN_DIR/tensorboard (needs the tensorboard package).
+    """
 
     epochs: int | dict[str, int] = 50
     batch_size: int = 100
@@ -36,6 +55,9 @@ class TrainConfig:
     grad_clip: float | None = 5.0
     checkpoint_every: int = 1000
     max_nonfinite_steps: int = 50
+    validation_fraction: float = 0.0
+    early_stopping_patience: int | None = None
+    tensorboard: bool = False
 
     def check(self, phases: list[str], source: str = "recipe") -> None:
         """Raise :class:`ConfigError` for values no run could use."""
@@ -60,6 +82,18 @@ class TrainConfig:
             raise ConfigError(f"{source}: 'train.grad_clip' must be a finite number > 0 (or null for no clipping)")
         if self.max_nonfinite_steps < 0:
             raise ConfigError(f"{source}: 'train.max_nonfinite_steps' must be >= 0")
+        if sum(self.epochs_for(p) for p in phases) < 1:
+            raise ConfigError(f"{source}: 'train.epochs' trains nothing (0 epochs in every phase); give at least 1")
+        if not 0 <= self.validation_fraction <= 0.5:
+            raise ConfigError(f"{source}: 'train.validation_fraction' must be in 0..0.5")
+        if self.early_stopping_patience is not None:
+            if self.early_stopping_patience < 1:
+                raise ConfigError(f"{source}: 'train.early_stopping_patience' must be >= 1 (or null)")
+            if self.validation_fraction <= 0:
+                raise ConfigError(
+                    f"{source}: 'train.early_stopping_patience' needs 'train.validation_fraction' > 0 "
+                    "(stopping on the test split would select on the test set)"
+                )
 
     def epochs_for(self, phase: str) -> int:
         if isinstance(self.epochs, dict):
@@ -88,7 +122,7 @@ class TrainingInterrupted(ConfigError):
 
 
 class _StopRequest:
-    """SIGINT/SIGTERM during training: finish the current step, then save and stop.
+    """SIGINT/SIGTERM/SIGHUP during training: finish the current step, then save and stop.
 
     Stopping between steps keeps the checkpoint consistent (parameters, optimizer, counters and RNG all
     at the same step). A second Ctrl-C stops at once; the last checkpoint is then kept as it was.
@@ -100,7 +134,7 @@ class _StopRequest:
 
     def __enter__(self) -> _StopRequest:
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 old = signal.signal(sig, self._handle)
                 self._old[sig] = signal.SIG_DFL if old is None else old
         return self
@@ -156,6 +190,20 @@ def _epoch_generator(seed: int, phase_index: int, epoch: int) -> torch.Generator
     return torch.Generator().manual_seed(seed * 1_000_003 + phase_index * 10_007 + epoch)
 
 
+def _extend_schedule(optimizer: torch.optim.Optimizer, scheduler, total_steps: int) -> None:
+    """A resumed phase whose budget changed (``--resume`` with more epochs) follows the new budget's cosine
+    schedule from the step it reached, instead of running past the old schedule's end (where the cosine climbs
+    again)."""
+    if not isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR) or scheduler.T_max == max(total_steps, 1):
+        return
+    scheduler.T_max = max(total_steps, 1)
+    step = min(scheduler.last_epoch, scheduler.T_max)
+    factor = 0.5 * (1 + math.cos(math.pi * step / scheduler.T_max))
+    for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+        group["lr"] = scheduler.eta_min + (base - scheduler.eta_min) * factor
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+
+
 def _make_optimizer(model: torch.nn.Module, phase: str, config: TrainConfig, total_steps: int):
     params = [p for p in model.phase_parameters(phase) if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
@@ -177,6 +225,7 @@ def train(
     monitor: TrainingMonitor | None = None,
     batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     dist: Distributed | None = None,
+    held_out: torch.Tensor | None = None,
 ) -> dict:
     """Train ``model`` on ``data`` through all its phases; return the final loop state.
 
@@ -188,9 +237,14 @@ def train(
     on Ctrl-C/SIGTERM, with everything needed to resume (model, optimizer, scheduler, RNG state,
     position). With ``dist`` (under torchrun) the model trains under DistributedDataParallel, each rank
     on its shard of every batch; pass ``save_checkpoint`` on rank 0 only.
+
+    ``held_out`` rows (validation or test) give each epoch record its held-out losses (``val_<key>``, the
+    phase's loss on them with the model in eval mode and a fixed seed for its noise, so the training RNG is
+    untouched); with ``config.early_stopping_patience`` a phase stops when ``val_loss`` has not improved for
+    that many epochs, and the model ends with the phase's best weights.
     """
     loop = _Loop(model, data, config, seed, save_checkpoint, monitor or TrainingMonitor(), batch_transform)
-    loop.dist = dist
+    loop.dist, loop.held_out = dist, held_out
     return loop.run(resume_state)
 
 
@@ -210,6 +264,10 @@ class _Loop:
         self.dist: Distributed | None = None
         self.stop = _StopRequest()
         self.in_step = False  # True between a step's first computation and its counters' update
+        self.held_out: torch.Tensor | None = None
+        self.sums: dict[str, float] = {}  # the running epoch's loss sums and step count (in checkpoints)
+        self.count = 0
+        self.best: dict[str, Any] | None = None  # early stopping: the phase's best val_loss, epoch and weights
 
     def state(self) -> dict:
         out = {
@@ -220,7 +278,11 @@ class _Loop:
             "batch": self.batch,
             "step": self.step,
             "nonfinite": self.nonfinite,
+            "epoch_sums": dict(self.sums),
+            "epoch_count": self.count,
         }
+        if self.best is not None:
+            out["best"] = self.best
         if torch.cuda.is_available():
             out["cuda_rng"] = torch.cuda.get_rng_state_all()
         if self.optimizer is not None:
@@ -247,6 +309,8 @@ class _Loop:
             self.phase_index = resume["phase"]
             for key in ("epoch", "batch", "step", "nonfinite"):
                 setattr(self, key, resume[key])
+            self.sums, self.count = dict(resume.get("epoch_sums", {})), int(resume.get("epoch_count", 0))
+            self.best = resume.get("best")
             if self.dist is not None:
                 self.dist.reseed(self.seed, self.step)
         phases = self.model.phases()
@@ -257,6 +321,7 @@ class _Loop:
                     resume = None
                     self.phase_index += 1
                     self.epoch = self.batch = 0
+                    self.best = None
                     self.optimizer = self.scheduler = None
                     if self.phase_index < len(phases):
                         self.checkpoint()
@@ -281,19 +346,48 @@ class _Loop:
         if resume is not None and "optimizer" in resume:
             self.optimizer.load_state_dict(resume["optimizer"])
             self.scheduler.load_state_dict(resume["scheduler"])
+            _extend_schedule(self.optimizer, self.scheduler, total)
         self.monitor.phase_start(phase, total, self.epoch * self.steps_per_epoch + self.batch)
         self.model.train()
-        while self.epoch < epochs:
+        while self.epoch < epochs and not self._patience_spent():
             self._run_epoch(phase)
             self.epoch += 1
             self.batch = 0
             self.checkpoint()
+        if self.best is not None:  # early stopping: end the phase on its best weights
+            self.model.load_state_dict(self.best["model"])
+
+    def _patience_spent(self) -> bool:
+        patience = self.config.early_stopping_patience
+        return patience is not None and self.best is not None and self.epoch - self.best["epoch"] >= patience
+
+    @torch.no_grad()
+    def _held_out_logs(self, phase: str) -> dict[str, float]:
+        """The phase's loss terms on the held-out rows (eval mode; noise from a fixed seed, global RNG kept)."""
+        if self.held_out is None or len(self.held_out) == 0:
+            return {}
+        was_training = self.model.training
+        self.model.eval()
+        sums: dict[str, float] = {}
+        n = 0
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        # the alternating schedule has no objective of its own: score both of its phases and add them
+        scored = ["manifold", "density"] if phase == "alternating" else [phase]
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.seed)
+            for x in torch.split(self.held_out, self.config.batch_size):
+                for part in scored:
+                    loss, logs = self.model.loss(x.to(self.device), part)
+                    for key, value in {"loss": loss.item(), **logs}.items():
+                        sums[key] = sums.get(key, 0.0) + value * len(x)
+                n += len(x)
+        self.model.train(was_training)
+        return {f"val_{k}": v / n for k, v in sums.items()}
 
     def _run_epoch(self, phase: str) -> None:
         cfg = self.config
         generator = _epoch_generator(self.seed, self.phase_index, self.epoch)
-        sums: dict[str, float] = {}
-        count = 0
+        sums, count = self.sums, self.count  # a resumed epoch continues its running means
         for x in self.source.batches(cfg.batch_size, generator, start=self.batch):
             stop = self.stop.requested if self.dist is None else self.dist.any(self.stop.requested)
             if stop:
@@ -332,6 +426,7 @@ class _Loop:
             for key, value in logs.items():
                 sums[key] = sums.get(key, 0.0) + value
             count += 1
+            self.count = count
             self.monitor.step(phase, self.epoch, logs)
             if self.step % cfg.checkpoint_every == 0:
                 self.checkpoint()
@@ -342,4 +437,11 @@ class _Loop:
         else:
             record.update({k: v / max(count, 1) for k, v in sums.items()})
         record["nonfinite_steps"] = self.nonfinite
+        record.update(self._held_out_logs(phase))
+        if cfg.early_stopping_patience is not None and record.get("val_loss") is not None:
+            if self.best is None or record["val_loss"] < self.best["val_loss"]:
+                state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                self.best = {"val_loss": record["val_loss"], "epoch": self.epoch, "model": state}
+            record["val_best_epoch"] = self.best["epoch"] + 1
+        self.sums, self.count = {}, 0
         self.monitor.epoch_end(record)

@@ -55,6 +55,8 @@ def hold():
 
 loss = ManifoldFlow.loss
 def held_loss(self, x, phase):
+    if not self.training:  # the held-out losses after each epoch (eval mode) are not training steps
+        return loss(self, x, phase)
     calls["loss"] += 1
     out = loss(self, x, phase)
     if calls["loss"] == hold_loss:
@@ -203,6 +205,8 @@ def _poison(monkeypatch, after: int, how: str) -> None:
     original, calls = ManifoldFlow.loss, [0]
 
     def poisoned(self, x, phase):
+        if not self.training:  # held-out losses after each epoch (eval mode) are not training steps
+            return original(self, x, phase)
         calls[0] += 1
         value, logs = original(self, x, phase)
         if calls[0] <= after:

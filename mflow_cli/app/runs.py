@@ -11,7 +11,7 @@ import contextlib
 import fcntl
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -133,10 +133,20 @@ def set_threads(recipe: Recipe, data_shape: tuple[int, ...]) -> None:
 
 
 class _RunMonitor(TrainingMonitor):
-    """Appends each epoch record to metrics.jsonl, then forwards every hook to the caller's monitor."""
+    """Appends each epoch record to metrics.jsonl (and TensorBoard's event files when asked), then forwards
+    every hook to the caller's monitor."""
 
-    def __init__(self, metrics_path: Path, inner: TrainingMonitor | None):
+    def __init__(self, metrics_path: Path, inner: TrainingMonitor | None, tensorboard: bool = False):
         self.metrics_path, self.inner = metrics_path, inner or TrainingMonitor()
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ConfigError(
+                    "train.tensorboard needs the tensorboard package: pip install tensorboard (or mflow[tensorboard])"
+                ) from None
+            self.writer = SummaryWriter(str(metrics_path.parent / "tensorboard"))
 
     def phase_start(self, phase, total_steps, done_steps):
         self.inner.phase_start(phase, total_steps, done_steps)
@@ -147,7 +157,35 @@ class _RunMonitor(TrainingMonitor):
     def epoch_end(self, record):
         record = {**record, "time": time.time()}
         io.append_jsonl(record, self.metrics_path)
+        if self.writer is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("epoch", "step", "time"):
+                    self.writer.add_scalar(f"{record['phase']}/{key}", value, record["step"])
+            self.writer.flush()
         self.inner.epoch_end(record)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _written_before(recipe: Recipe, checkpoint: dict) -> Callable[[dict], bool]:
+    """Whether an epoch record of metrics.jsonl was written before ``checkpoint`` (a resume keeps only those).
+
+    A record closes epoch ``epoch`` (1-based) of its phase; the checkpoint sits in epoch ``checkpoint["epoch"]``
+    (0-based) of phase ``checkpoint["phase"]``, so a record written after a checkpoint taken at the very end of an
+    epoch (before the record) is dropped and written again, with the same values, when the resume closes it.
+    """
+    kwargs = {k: v for k, v in recipe.model.items() if k != "kind"}
+    phases = catalog.model_kind(recipe.model["kind"]).cls.phase_names(**kwargs)
+    position = (checkpoint["phase"], checkpoint["epoch"])
+
+    def keep(record: dict) -> bool:
+        if record.get("phase") in phases and isinstance(record.get("epoch"), int):
+            return (phases.index(record["phase"]), record["epoch"]) <= position
+        return record.get("step", 0) < checkpoint["step"]
+
+    return keep
 
 
 def _comparable(recipe: dict) -> dict:
@@ -195,7 +233,7 @@ def _train_into(recipe, out_dir, device, dist, main, resume, force, monitor) -> 
         if not isinstance(saved, dict) or _comparable(saved) != _comparable(recipe.to_dict()):
             raise ConfigError(f"--resume: the recipe differs from the one {out_dir} was trained with")
         if main:
-            io.truncate_jsonl(out_dir / METRICS_FILE, resume_state["step"])
+            io.truncate_jsonl(out_dir / METRICS_FILE, _written_before(recipe, resume_state))
     elif (out_dir / MODEL_FILE).exists() or ckpt_path.exists():
         if not force:
             raise ConfigError(f"{out_dir} already holds a run; pass --resume to continue or --force to start over")
@@ -205,15 +243,16 @@ def _train_into(recipe, out_dir, device, dist, main, resume, force, monitor) -> 
         dist.barrier()  # every rank has read the folder before rank 0 writes into it
 
     dataset = build_dataset(recipe)
+    config = TrainConfig(**recipe.train)
+    units = None
     if isinstance(dataset, TableData):  # the user's own table: checked, then read in batches (streamed if large)
-        dataset.check_rows(recipe.train["batch_size"])
-        data, shape = dataset.batch_source(), tuple(dataset.data_shape)
-        units: Standardization | None = dataset.standardization
+        dataset.check_rows(config.batch_size)
+        units = dataset.standardization
         if main:
             io.write_json(dataset.split_info(), out_dir / SPLIT_FILE)
-    else:
-        data = dataset.train_data()
-        shape, units = tuple(data.shape[1:]), None
+    data, held_out = _training_rows(dataset, config, recipe)
+    shape = tuple(dataset.data_shape) if isinstance(dataset, TableData) else tuple(data.shape[1:])
+    if isinstance(data, torch.Tensor):
         data = data.to(device)
     set_threads(recipe, shape)
     torch.manual_seed(recipe.seed)
@@ -231,21 +270,42 @@ def _train_into(recipe, out_dir, device, dist, main, resume, force, monitor) -> 
             raise OutputError(f"cannot write {ckpt_path}: the run folder {out_dir} is gone; nothing more is saved")
         io.save_torch({**state, "recipe": recipe.to_dict(), "data_shape": list(shape)}, ckpt_path)
 
-    train(
-        model,
-        data,
-        TrainConfig(**recipe.train),
-        seed=recipe.seed,
-        resume_state=resume_state,
-        save_checkpoint=save_checkpoint if main else None,
-        monitor=_RunMonitor(out_dir / METRICS_FILE, monitor) if main else monitor,
-        batch_transform=dataset.batch_transform,
-        dist=dist,
-    )
+    run_monitor = _RunMonitor(out_dir / METRICS_FILE, monitor, config.tensorboard) if main else None
+    try:
+        train(model, data, config, seed=recipe.seed, resume_state=resume_state,
+              save_checkpoint=save_checkpoint if main else None, monitor=run_monitor if main else monitor,
+              batch_transform=dataset.batch_transform, dist=dist, held_out=held_out)
+    finally:
+        if run_monitor is not None:
+            run_monitor.close()
     if main:
         save_model(model, recipe, shape, out_dir / MODEL_FILE, units)
     if dist is not None:
         dist.close()
+
+
+HELD_OUT_ROWS = 2000
+"""Test rows scored each epoch for the held-out curve when no validation rows are held out."""
+
+
+def _training_rows(dataset: Dataset, config: TrainConfig, recipe: Recipe) -> tuple[Any, torch.Tensor]:
+    """The rows to train on and the held-out rows scored after every epoch.
+
+    With ``train.validation_fraction`` a seeded share of the training rows is held out (training never sees
+    them; early stopping selects on them); otherwise up to :data:`HELD_OUT_ROWS` test rows give the curve.
+    """
+    if config.validation_fraction > 0:
+        if isinstance(dataset, TableData) and dataset.streams:
+            raise ConfigError(
+                f"{recipe.source}: train.validation_fraction needs the training rows in memory; this file is "
+                "streamed (over data.stream_threshold_mb): give held-out rows with data.test_path instead"
+            )
+        rows = dataset.train_data()
+        order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(recipe.seed + 7919))
+        k = max(1, round(config.validation_fraction * len(rows)))
+        return rows[order[k:]], rows[order[:k]]
+    data = dataset.batch_source() if isinstance(dataset, TableData) else dataset.train_data()
+    return data, dataset.test_data()[:HELD_OUT_ROWS]
 
 
 def save_model(

@@ -126,7 +126,12 @@ class Labelled(ABC):
 
 class TableData(ABC):
     """A user's (N, D) table in its own units: the model trains in standardized units (:attr:`standardization`
-    maps file units to the model's), on batches that large files stream from disk (:meth:`batch_source`)."""
+    maps file units to the model's), on batches that large files stream from disk (:meth:`batch_source`).
+
+    ``streams`` is True when the training rows are read from the file in batches (never loaded whole).
+    """
+
+    streams: bool
 
     @property
     @abstractmethod
