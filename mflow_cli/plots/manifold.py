@@ -70,9 +70,10 @@ def plot_manifold(
     paths = [training_curves(records, out_dir / "training_curves.png")]
     torch.manual_seed(options.seed)
     test = dataset.test_data().reshape(len(dataset.test_data()), -1)
+    label = "model samples" if samples is None else "given samples"
     samples = samples_to_draw(model, samples, options.n_samples, dataset.data_shape)
     true_manifold = true_manifold_points(dataset) if isinstance(dataset, KnownDensity) else None
-    paths.append(samples_figure(test, samples, true_manifold, dataset, out_dir / "samples.png"))
+    paths.append(samples_figure(test, samples, true_manifold, dataset, out_dir / "samples.png", label))
     if test.shape[1] == 2:
         paths.append(density_grid_figure(model, true_manifold, options, figure, out_dir / "density_grid.png"))
     if isinstance(dataset, KnownDensity) and dataset.manifold_dim == 1:
@@ -80,7 +81,7 @@ def plot_manifold(
     if isinstance(dataset, ChartCoordinates) and dataset.manifold_dim == 2:
         paths.extend(
             chart_figures(model, dataset, test, samples, out_dir, options.chart_grid_size,
-                          options.off_manifold_tolerance, options.batch_size)
+                          options.off_manifold_tolerance, options.batch_size, label)
         )
     return [p for p in paths if p is not None]
 
@@ -125,7 +126,7 @@ def _manifold_name(dataset: Dataset) -> str:
 
 
 def samples_figure(test: torch.Tensor, samples: torch.Tensor, true_manifold: torch.Tensor | None,
-                   dataset: Dataset, path: Path) -> Path:
+                   dataset: Dataset, path: Path, label: str = "model samples") -> Path:
     """Test data, fewer and smaller model samples on top, and the true manifold (a curve for 1-D manifolds,
     faint points otherwise); 3-D data on 3-D axes, others in their first two coordinates."""
     plt = pyplot()
@@ -152,7 +153,7 @@ def samples_figure(test: torch.Tensor, samples: torch.Tensor, true_manifold: tor
     outside = int((~inside).sum())
     drawn = shown[inside] if three_d else shown  # 3-D axes do not clip what lies outside them
     ax.scatter(*[drawn[:, i] for i in axes], s=3 if three_d else 1.5, alpha=0.9, color="C3", lw=0, zorder=3, **depth,
-               label=f"model samples ({len(shown)} of {len(samples)})")
+               label=f"{label} ({len(shown)} of {len(samples)})")
     names = [f"x{'₁₂₃'[i]}" for i in axes]
     ax.set_xlabel(names[0] + " (data coordinate)")
     ax.set_ylabel(names[1] + " (data coordinate)")
@@ -168,7 +169,7 @@ def samples_figure(test: torch.Tensor, samples: torch.Tensor, true_manifold: tor
         ax.set_aspect("equal")
     what = "" if dim <= 3 else f", first two of {dim} dims"
     note = f"\n{outside} of the {len(shown)} samples lie outside the view" if outside else ""
-    ax.set_title(f"model samples over test data ({_manifold_name(dataset)}{what}){note}", fontsize=10)
+    ax.set_title(f"{label} over test data ({_manifold_name(dataset)}{what}){note}", fontsize=10)
     legend_outside(ax)
     return save(fig, path)
 
@@ -263,7 +264,7 @@ def density_on_manifold_figure(model: ManifoldModel, dataset: KnownDensity, opti
 
 def chart_figures(
     model: ManifoldModel, dataset: ChartCoordinates, test, samples, out_dir: Path, size: int, tolerance: float = 0.1,
-    batch_size: int = 4096,
+    batch_size: int = 4096, label: str = "model samples",
 ) -> list[Path]:
     """Sphere-like 2-D manifolds: true vs learned density on the θ/φ map (one colour scale), and samples over
     data there, with contours of the true density."""
@@ -301,13 +302,13 @@ def chart_figures(
     ax.scatter(data_a[:, 0], data_a[:, 1], s=6, alpha=0.5, lw=0, color="C0", zorder=2,
                label=f"test data ({len(test)})")
     ax.scatter(model_a[:, 0], model_a[:, 1], s=1.5, alpha=0.8, lw=0, color="C3", zorder=3,
-               label=f"model samples ({len(shown)} of {len(samples)})")
+               label=f"{label} ({len(shown)} of {len(samples)})")
     ax.plot([], [], color="0.4", lw=0.7, label="true density contours")
     ax.set_xlim(extent[0], extent[1])
     ax.set_ylim(extent[2], extent[3])
     ax.set_xlabel("θ, polar angle (rad)")
     ax.set_ylabel("φ, azimuth (rad)")
     legend_outside(ax)
-    ax.set_title(f"model samples over test data on the θ/φ chart ({_manifold_name(dataset)})", fontsize=10)
+    ax.set_title(f"{label} over test data on the θ/φ chart ({_manifold_name(dataset)})", fontsize=10)
     paths.append(save(fig, out_dir / "samples_chart.png"))
     return paths

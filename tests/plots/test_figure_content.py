@@ -106,3 +106,28 @@ def test_plot_vq_flow_draws_given_samples(tmp_path):
     paths = plot_vq_flow(model, data, [], tmp_path, AtlasEvaluation(), AtlasFigures(n_samples=5),
                          samples=torch.randn(12, 3))
     assert [p.name for p in paths] == ["samples.png"]
+
+
+def test_image_plotters_draw_given_samples(tmp_path):
+    from helpers import TinyImages
+
+    from mflow_cli.datasets.images import ImageManifold
+    from mflow_cli.metrics.flow_vae import VariationalEvaluation
+    from mflow_cli.metrics.images import ImageEvaluation
+    from mflow_cli.models.flow_vae import FlowVAE
+    from mflow_cli.plots.flow_vae import VariationalFigures, plot_flow_vae
+    from mflow_cli.plots.images import ImageFigures, plot_images
+
+    data = ImageManifold(source="procedural", resolution=8, n_train=10, n_test=6)
+    torch.manual_seed(0)
+    model = ManifoldFlow((3, 8, 8), latent_dim=2, outer_layers=1, inner_layers=1, hidden_features=8, num_blocks=1,
+                         architecture="image", levels=2).eval()
+    model.sample = None  # not callable: the given samples are drawn
+    paths = plot_images(model, data, [], tmp_path, ImageEvaluation(), ImageFigures(n_interpolations=0),
+                        samples=data.test_data()[:5])
+    assert [p.name for p in paths] == ["samples.png", "reconstructions.png"]
+    vae = FlowVAE((1, 4, 4), latent_dim=2, posterior_flow="planar", posterior_layers=1, hidden=[8]).eval()
+    vae.sample = None
+    paths = plot_flow_vae(vae, TinyImages(), [], tmp_path, VariationalEvaluation(),
+                          VariationalFigures(n_reconstructions=0, latent_points=0), samples=torch.rand(4, 16))
+    assert [p.name for p in paths] == ["samples.png"]
