@@ -16,7 +16,7 @@ def plot_intrinsic_dimension(result: IntrinsicDimension, path: str | Path) -> Pa
     large k is curvature or the data's boundary.
     """
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = plt.subplots(figsize=(8.4, 4.0))
     k = result.k_values
     lo, hi = result.mle_k
     ax.axvspan(lo, hi, color="0.92", zorder=0, label=f"MLE averaged over k = {lo}–{hi}")
