@@ -108,3 +108,14 @@ def renamed_keys(values: Mapping[str, Any]) -> dict[str, Any]:
     for table in all_renamed().values():
         old_to_new.update(table)
     return {old_to_new.get(key, key): value for key, value in values.items()}
+
+
+def split_timings(
+    values: Mapping[str, Any], metrics: Mapping[str, Metric] | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An evaluation's values split into (quality metrics, machine-dependent timings), each in its order, for
+    ``mflow evaluate``'s two tables; ``metrics`` as in :func:`metadata_block`."""
+    described = metadata_block(values, metrics)
+    quality = {k: v for k, v in values.items() if not described[k]["timing"]}
+    timings = {k: v for k, v in values.items() if described[k]["timing"]}
+    return quality, timings

@@ -21,7 +21,14 @@ from mflow_cli.datasets.toy3d import Toy3D
 from mflow_cli.metrics import flow_vae, images, manifold, vq_flow
 from mflow_cli.metrics.common import UNITS
 from mflow_cli.metrics.flow_vae import VariationalEvaluation, evaluate_flow_vae
-from mflow_cli.metrics.glossary import all_metrics, all_renamed, glossary_markdown, metadata_block, renamed_keys
+from mflow_cli.metrics.glossary import (
+    all_metrics,
+    all_renamed,
+    glossary_markdown,
+    metadata_block,
+    renamed_keys,
+    split_timings,
+)
 from mflow_cli.metrics.images import ImageEvaluation, evaluate_images
 from mflow_cli.metrics.manifold import ManifoldEvaluation, evaluate_manifold
 from mflow_cli.metrics.vq_flow import AtlasEvaluation, evaluate_vq_flow
@@ -156,3 +163,10 @@ def test_the_kl_of_covered_mass_and_the_masses_are_consistent():
         assert run["kl_true_model"] is None or run["kl_true_model"] >= -1e-9
         assert 0 <= run["true_mass_off_learned_manifold"] <= 1 + 1e-6
         assert run["model_mass_on_true_manifold"] >= 0 and math.isfinite(run["model_mass_on_true_manifold"])
+
+
+def test_timings_go_to_their_own_table():
+    run = manifold_runs()[0]
+    quality, timings = split_timings(run)
+    assert set(timings) == {"manifold_density_points_per_s", "grid_manifold_density_seconds"}
+    assert list(quality) == [k for k in run if k not in timings] and quality["n_test"] == run["n_test"]
