@@ -232,7 +232,7 @@ def density_on_manifold_figure(model: ManifoldModel, dataset: KnownDensity, opti
     arc = (torch.cumsum(weights, 0) - weights / 2).numpy()
     true = log_true.exp()
     first, last = true_mass_range(torch.cumsum(true * weights, 0) / (true * weights).sum())
-    start, end = float(arc[first]), float(arc[last])
+    start, end = float(arc[first] - weights[first] / 2), float(arc[last] + weights[last] / 2)  # cell edges
     curves = [("true density", true, dict(color="black", lw=2.4, alpha=0.55, zorder=2)),
               ("model, on its manifold (0 where it misses by > tolerance)", log_q.exp(),
                dict(color="C0", lw=1.3, zorder=3))]
