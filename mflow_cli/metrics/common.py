@@ -34,18 +34,27 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return first.device if first is not None else torch.device("cpu")
 
 
+UNITS = (
+    "nats", "nats per point", "bits/dim", "squared distance", "distance", "fraction", "count", "seconds", "points/s",
+)
+"""The units a :class:`Metric` is reported in (distances in the data's own coordinates)."""
+
+
 @dataclass(frozen=True)
 class Metric:
     """What one key of an evaluator's output means: shown in ``mflow evaluate``'s table, the JSON's ``metadata``
     block and the README glossary.
 
-    ``unit`` is e.g. ``"nats"``, ``"bits/dim"``, ``"nats (per point)"``, ``"squared distance"``, ``"count"``, ``""``
-    (a ratio); ``better`` says which direction is better (``"higher"``, ``"lower"``, or ``"n/a"`` for settings and
-    counts); ``timing`` marks machine-dependent timings, reported in their own table.
+    ``name`` says what the number is, in words (the table's "meaning" column; ``doc`` explains it further);
+    ``unit`` is one of :data:`UNITS` (``"nats"``, ``"nats per point"``, ``"bits/dim"``, ``"squared distance"``,
+    ``"distance"``, ``"fraction"``, ``"count"``, ``"seconds"``, ``"points/s"``); ``better`` says which direction
+    is better (``"higher"``, ``"lower"``, ``"closer to 1"`` for masses that should be 1, ``"n/a"`` for settings
+    and counts); ``timing`` marks machine-dependent timings (``*_per_s``, ``*_seconds``), reported in their own
+    table.
     """
 
     name: str
     unit: str
-    better: Literal["higher", "lower", "n/a"]
+    better: Literal["higher", "lower", "closer to 1", "n/a"]
     doc: str
     timing: bool = False

@@ -8,7 +8,8 @@ Inception-v3 weights cannot be downloaded here, so the features come from (a) a 
 network a user gives by path (``torch.jit.load``; any (N, *shape) -> (N, F) module), or (b) by default a
 small MLP classifier that mflow trains once on the dataset's training images and caches: on its labels
 where the dataset has them (``dataset.labels("train")``), else on k-means cluster ids of the images.
-Scores from different feature networks are not comparable with each other or with published FIDs.
+Scores from different feature networks are not comparable with each other or with published FIDs, which is
+why the evaluators report it as ``frechet_feature_distance`` (formerly ``fid``), not as an FID.
 """
 
 from __future__ import annotations

@@ -15,7 +15,134 @@ import torch
 from ..datasets.base import ChartCoordinates, Dataset, DistanceToManifold, KnownDensity
 from ..datasets.charts import cdf_on_grid, empirical_cdf_on_grid
 from ..models.interfaces import ManifoldModel
-from .common import at_least, finite_metrics, model_device, positive
+from .common import Metric, at_least, finite_metrics, model_device, positive
+
+_COVERED = (
+    "Only the true mass that the learned manifold passes within off_manifold_tolerance counts (the rest is "
+    "true_mass_off_learned_manifold); both densities are renormalised on those points."
+)
+_MASS_DIFFERS = (
+    "It differs from 1 − true_mass_off_learned_manifold, the TRUE mass on the covered points: the model can put "
+    "more or less mass there than the truth does (mass moved from the missed part, mass on learned parts far from "
+    "the true manifold, its density is per unit volume of its own manifold at the projection)."
+)
+_DEFLATED = (
+    "With the DNF's deflated ambient density p_σ(x)(2πσ²)^((D−d)/2) (Horvat & Pfister 2021) instead of the "
+    "on-manifold density at the projection."
+)
+
+METRICS: dict[str, Metric] = {
+    "n_test": Metric("test points", "count", "n/a", "The number of test points evaluated."),
+    "test_log_likelihood_manifold": Metric(
+        "test log-likelihood on the learned manifold", "nats per point", "higher",
+        "Mean on-manifold log density log p(g(u(x))) at the projections of the test points (M-flow eq. 3).",
+    ),
+    "reconstruction_mean_squared_distance": Metric(
+        "reconstruction mean squared distance", "squared distance", "lower",
+        "Mean over test points of ‖x − g(u(x))‖², the squared distance to the projection onto the learned "
+        "manifold (summed over dimensions, not divided by D).",
+    ),
+    "test_log_likelihood_ambient": Metric(
+        "test log-likelihood in the ambient space", "nats per point", "higher",
+        "Mean log density in R^D of the test points (with the model's inflation noise noise_std added, DNF); "
+        "models with an ambient density only (flow, PIE, DNF).",
+    ),
+    "kl_true_model": Metric(
+        "KL(true ‖ model) on the covered part of the true manifold", "nats", "lower",
+        "KL divergence of the model's on-manifold density from the true density, by quadrature over "
+        "manifold_grid_points points of the true manifold. " + _COVERED + " None when nothing is covered.",
+    ),
+    "model_mass_on_true_manifold": Metric(
+        "model's probability mass on the true manifold", "fraction", "closer to 1",
+        "Σ q(x) dA over the true manifold's grid, with q = 0 where the learned manifold misses it (1 for a "
+        "perfect model). " + _MASS_DIFFERS,
+    ),
+    "true_mass_off_learned_manifold": Metric(
+        "true mass the learned manifold misses", "fraction", "lower",
+        "The true probability mass on grid points farther than off_manifold_tolerance from their projection onto "
+        "the learned manifold (left out of kl_true_model).",
+    ),
+    "manifold_density_points_per_s": Metric(
+        "on-manifold density throughput", "points/s", "higher",
+        "True-manifold grid points whose on-manifold density was evaluated per second (machine-dependent).",
+        timing=True,
+    ),
+    "kl_true_model_deflated": Metric(
+        "KL(true ‖ model), deflated ambient density", "nats", "lower",
+        "KL(true ‖ model) over the whole true manifold's grid, the model's density renormalised there. "
+        + _DEFLATED + " The number the DNF paper reports.",
+    ),
+    "model_mass_on_true_manifold_deflated": Metric(
+        "model's mass on the true manifold, deflated ambient density", "fraction", "closer to 1",
+        "Σ q(x) dA over the true manifold's grid. " + _DEFLATED,
+    ),
+    "mean_sample_distance_to_manifold": Metric(
+        "mean distance of model samples to the true manifold", "distance", "lower",
+        "Mean Euclidean distance of n_samples model samples to the true manifold (exact where the dataset knows "
+        "it, else to the nearest of 20 × manifold_grid_points true manifold points).",
+    ),
+    "chart_grid_points": Metric(
+        "chart grid cells", "count", "n/a",
+        "Cells of the chart grid (circle: manifold_grid_points angles; sphere: chart_grid_size² θ/φ cells).",
+    ),
+    "model_mass_on_chart_grid": Metric(
+        "model's probability mass on the chart grid", "fraction", "closer to 1",
+        "Σ q(x) dA over the chart grid of the true manifold, q = 0 where the learned manifold misses it.",
+    ),
+    "ks_density": Metric(
+        "KS statistic of the model's density on the chart", "fraction", "lower",
+        "max over grid corners of |F_model − F_true|, the CDFs of the chart coordinates accumulated from the "
+        "densities (the DNF paper's KS statistic; lost mass counts, the model's CDF is not renormalised).",
+    ),
+    "ks_samples": Metric(
+        "KS statistic of the model's samples on the chart", "fraction", "lower",
+        "max over grid corners of |F_samples − F_true|, the empirical CDF of the chart coordinates of n_samples "
+        "model samples against the true CDF.",
+    ),
+    "kl_true_model_chart": Metric(
+        "KL(true ‖ model) on the covered chart cells", "nats", "lower",
+        "KL(true ‖ model) by quadrature on the chart grid. " + _COVERED,
+    ),
+    "model_mass_on_chart_grid_deflated": Metric(
+        "model's mass on the chart grid, deflated ambient density", "fraction", "closer to 1",
+        "model_mass_on_chart_grid with the deflated density. " + _DEFLATED,
+    ),
+    "ks_density_deflated": Metric(
+        "KS statistic of the deflated density on the chart", "fraction", "lower",
+        "ks_density with the deflated density. " + _DEFLATED,
+    ),
+    "kl_true_model_chart_deflated": Metric(
+        "KL(true ‖ model) on the chart grid, deflated ambient density", "nats", "lower",
+        "KL(true ‖ model) on all chart cells, the model renormalised there. " + _DEFLATED,
+    ),
+    "grid_manifold_density_points": Metric(
+        "2-D timing grid points", "count", "n/a",
+        "Points of the ambient_grid_size² grid over [−grid_limit, grid_limit]² (2-D data).",
+    ),
+    "grid_manifold_density_seconds": Metric(
+        "time for the on-manifold density on the 2-D grid", "seconds", "lower",
+        "Seconds to evaluate the ON-MANIFOLD density (at the projections) on the 2-D grid points "
+        "(machine-dependent; the research code's spiral timing).",
+        timing=True,
+    ),
+    "grid_manifold_density_finite_fraction": Metric(
+        "finite on-manifold densities on the 2-D grid", "fraction", "higher",
+        "The fraction of the 2-D grid points where the on-manifold density at the projection is finite.",
+    ),
+}
+"""Every key :func:`evaluate_manifold` can return: what it is, its unit and which direction is better."""
+
+RENAMED_METRICS: dict[str, str] = {
+    "reconstruction_error": "reconstruction_mean_squared_distance",
+    "model_mass_on_manifold": "model_mass_on_true_manifold",
+    "model_mass_on_manifold_deflated": "model_mass_on_true_manifold_deflated",
+    "chart_grid_mass": "model_mass_on_chart_grid",
+    "chart_grid_mass_deflated": "model_mass_on_chart_grid_deflated",
+    "ambient_grid_points": "grid_manifold_density_points",
+    "ambient_grid_seconds": "grid_manifold_density_seconds",
+    "ambient_grid_finite_fraction": "grid_manifold_density_finite_fraction",
+}
+"""Keys of earlier evaluation.json files -> today's (read old files with :func:`~.glossary.renamed_keys`)."""
 
 
 @dataclass(frozen=True)
@@ -138,7 +265,8 @@ def chart_metrics(
 ) -> dict[str, float]:
     """Density of the model on the simulator's chart grid (circle: θ; sphere: θ/φ) against the truth.
 
-    - ``chart_grid_mass``: Σ q(x) dA over the grid, the model's total mass on the true manifold;
+    - ``chart_grid_points``: the number of grid cells;
+    - ``model_mass_on_chart_grid``: Σ q(x) dA over the grid, the model's total mass on the true manifold;
     - ``ks_density``: max over grid corners of |F_model − F_true|, the CDFs of the chart coordinates
       accumulated from the densities (the DNF paper's KS statistic for its circle and sphere; the
       model's CDF is not renormalised, so lost mass counts);
@@ -157,7 +285,7 @@ def chart_metrics(
     cell_true = (grid.log_p_chart.exp() * grid.cell_volume).reshape(grid.shape)
     cell_model = (log_q.exp() * weights).reshape(grid.shape)
     cdf_true = cdf_on_grid(cell_true)
-    out = {"chart_grid_points": len(grid.x), "chart_grid_mass": float(cell_model.sum())}
+    out = {"chart_grid_points": len(grid.x), "model_mass_on_chart_grid": float(cell_model.sum())}
     out["ks_density"] = float((cdf_on_grid(cell_model) - cdf_true).abs().max())
     emp = empirical_cdf_on_grid(dataset.angles(samples), grid.axes, grid.widths)
     out["ks_samples"] = float((emp - cdf_true).abs().max())
@@ -180,39 +308,27 @@ def ambient_grid(limit: float, size: int) -> torch.Tensor:
 def evaluate_manifold(
     model: ManifoldModel, dataset: Dataset, options: ManifoldEvaluation = ManifoldEvaluation()
 ) -> dict[str, float | int | None]:
-    """Test log-likelihoods, reconstruction error and, where the truth is known, its comparison with the model.
+    """Test log-likelihoods, the reconstruction distance and, where the truth is known, its comparison with
+    the model: every key it can return is described in :data:`METRICS` (name, unit, direction, meaning).
 
-    Every model (on the first ``n_test`` = all test points, flattened):
-
-    - ``n_test``: the number of test points;
-    - ``test_log_likelihood_manifold``: mean on-manifold log density log p(g(u(x))) at the projections of
-      the test points (M-flow eq. 3), in nats;
-    - ``reconstruction_error``: mean ‖x − g(u(x))‖² over the test points;
-    - ``test_log_likelihood_ambient`` (models with ``has_ambient_density``: flow, PIE, DNF): mean log density
-      in R^D of the test points, with the model's inflation noise ``noise_std`` added (DNF).
+    Every model (on all test points, flattened): ``n_test``, ``test_log_likelihood_manifold``,
+    ``reconstruction_mean_squared_distance``, and ``test_log_likelihood_ambient`` for models with
+    ``has_ambient_density`` (flow, PIE, DNF; the test points with the model's inflation noise ``noise_std``).
 
     Datasets with a :class:`~mflow_cli.datasets.base.KnownDensity` (simulators), on a quadrature grid of
-    ``manifold_grid_points`` points of the true manifold (:func:`density_on_true_manifold`):
-
-    - ``kl_true_model``: KL(true‖model) in nats on the grid points the learned manifold covers (within
-      ``off_manifold_tolerance``), both densities renormalised there (None when it covers none);
-    - ``model_mass_on_manifold``: Σ q(x) dA, the model's mass on the true manifold (1 for a perfect model);
-    - ``true_mass_off_learned_manifold``: the true mass on the grid points the learned manifold misses;
-    - ``manifold_density_points_per_s``: grid points whose on-manifold density was evaluated per second;
-    - ``kl_true_model_deflated``, ``model_mass_on_manifold_deflated`` (DNF, :func:`deflated_log_prob`): the
-      same with the paper's deflated ambient density (no renormalisation on covered points);
-    - ``mean_sample_distance_to_manifold``: mean distance of ``n_samples`` model samples to the true
-      manifold (exact for :class:`~mflow_cli.datasets.base.DistanceToManifold`, else to the nearest of
-      20 × ``manifold_grid_points`` grid points);
-    - manifolds of dimension ≤ 2 with :class:`~mflow_cli.datasets.base.ChartCoordinates`: :func:`chart_metrics`
-      on a grid of ``manifold_grid_points`` cells (1-D) or ``chart_grid_size`` cells per polar angle (2-D),
-      and for DNF models their ``_deflated`` counterparts.
+    ``manifold_grid_points`` points of the true manifold (:func:`density_on_true_manifold`): ``kl_true_model``,
+    ``model_mass_on_true_manifold``, ``true_mass_off_learned_manifold``, ``manifold_density_points_per_s``,
+    ``mean_sample_distance_to_manifold`` (``n_samples`` model samples; exact for
+    :class:`~mflow_cli.datasets.base.DistanceToManifold`, else to the nearest of 20 × ``manifold_grid_points``
+    grid points), for DNF models (:func:`deflated_log_prob`) ``kl_true_model_deflated`` and
+    ``model_mass_on_true_manifold_deflated``, and on manifolds of dimension ≤ 2 with
+    :class:`~mflow_cli.datasets.base.ChartCoordinates` the :func:`chart_metrics` on a grid of
+    ``manifold_grid_points`` cells (1-D) or ``chart_grid_size`` cells per polar angle (2-D), with their
+    ``_deflated`` counterparts for DNF models.
 
     2-D data, with ``ambient_grid_size`` > 0, on ``ambient_grid_size``² points over [−grid_limit, grid_limit]²
-    (the research code's 10,000-point spiral timing grid):
-
-    - ``ambient_grid_points``: the number of grid points; ``ambient_grid_seconds``: seconds to evaluate the
-      on-manifold density on them; ``ambient_grid_finite_fraction``: the fraction where it is finite.
+    (the research code's 10,000-point spiral timing grid): ``grid_manifold_density_points``,
+    ``grid_manifold_density_seconds`` and ``grid_manifold_density_finite_fraction``.
 
     Non-finite values are reported as None.
     """
@@ -223,7 +339,7 @@ def evaluate_manifold(
     metrics: dict[str, float | int | None] = {
         "n_test": len(test),
         "test_log_likelihood_manifold": float(log_p.mean()),
-        "reconstruction_error": float((test - proj).pow(2).sum(1).mean()),
+        "reconstruction_mean_squared_distance": float((test - proj).pow(2).sum(1).mean()),
     }
     if model.has_ambient_density:
         noisy = test + model.noise_std * torch.randn_like(test)
@@ -237,12 +353,12 @@ def evaluate_manifold(
         metrics["kl_true_model"] = None  # when the learned manifold misses the true one everywhere
         if hit.any():
             metrics["kl_true_model"], _ = kl_on_manifold(log_true[hit], log_q[hit], weights[hit])
-        metrics["model_mass_on_manifold"] = float((log_q.exp() * weights).sum())
+        metrics["model_mass_on_true_manifold"] = float((log_q.exp() * weights).sum())
         metrics["true_mass_off_learned_manifold"] = float((log_true.exp() * weights)[missed].sum())
         metrics["manifold_density_points_per_s"] = len(x) / seconds
         if has_deflated_density(model):
             log_d = deflated_log_prob(model, x.float(), batch_size)
-            metrics["kl_true_model_deflated"], metrics["model_mass_on_manifold_deflated"] = kl_on_manifold(
+            metrics["kl_true_model_deflated"], metrics["model_mass_on_true_manifold_deflated"] = kl_on_manifold(
                 log_true, log_d, weights
             )
         n_samples = options.n_samples
@@ -264,7 +380,7 @@ def evaluate_manifold(
         grid = ambient_grid(options.grid_limit, options.ambient_grid_size)
         start = time.perf_counter()
         grid_log_p, _ = manifold_log_prob(model, grid, batch_size)
-        metrics["ambient_grid_points"] = len(grid)
-        metrics["ambient_grid_seconds"] = time.perf_counter() - start
-        metrics["ambient_grid_finite_fraction"] = float(torch.isfinite(grid_log_p).float().mean())
+        metrics["grid_manifold_density_points"] = len(grid)
+        metrics["grid_manifold_density_seconds"] = time.perf_counter() - start
+        metrics["grid_manifold_density_finite_fraction"] = float(torch.isfinite(grid_log_p).float().mean())
     return finite_metrics(metrics)

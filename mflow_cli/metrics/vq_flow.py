@@ -11,8 +11,57 @@ import torch
 
 from ..datasets.base import Dataset, DistanceToManifold, ExistingPath, Labelled, PixelData
 from ..models.interfaces import AtlasModel
-from .common import at_least, finite_metrics, model_device
+from .common import Metric, at_least, finite_metrics, model_device
 from .fid import cached_feature_classifier, fid_score
+
+METRICS: dict[str, Metric] = {
+    "n_test": Metric("test points", "count", "n/a", "The number of test points evaluated."),
+    "test_log_likelihood": Metric(
+        "test log-likelihood", "nats per point", "higher",
+        "Mean log p(x) of the test points, the atlas's density summed over the charts a point belongs to.",
+    ),
+    "test_log_likelihood_points_per_s": Metric(
+        "test log-likelihood throughput", "points/s", "higher",
+        "Test points scored per second (machine-dependent).", timing=True,
+    ),
+    "num_charts": Metric("charts in the atlas", "count", "n/a", "The number of charts K (a model setting)."),
+    "atlas_mass": Metric(
+        "total probability mass of the atlas", "fraction", "closer to 1",
+        "Monte-Carlo estimate (mass_samples draws) of the atlas's total mass: 1 when the charts' densities "
+        "neither overlap (> 1) nor leak outside their charts (< 1).",
+    ),
+    "test_bits_per_dim": Metric(
+        "test negative log-likelihood in bits per dimension", "bits/dim", "lower",
+        "−(log p(y) + log|∂y/∂p|) / (D ln 2) over the 8-bit pixel values p of the test images (image data).",
+    ),
+    "mean_charts_per_point": Metric(
+        "mean number of charts per test point", "count", "n/a",
+        "The mean number of charts a test point belongs to (K > 1; 1 when the charts do not overlap).",
+    ),
+    "charts_used": Metric(
+        "charts holding a test point", "count", "n/a", "How many of the K charts hold at least one test point.",
+    ),
+    "mean_sample_distance_to_support": Metric(
+        "mean distance of model samples to the true support", "distance", "lower",
+        "Mean Euclidean distance of n_samples model samples to the dataset's true support (compare with "
+        "mean_test_distance_to_support, the data's own noise).",
+    ),
+    "mean_test_distance_to_support": Metric(
+        "mean distance of test points to the true support", "distance", "n/a",
+        "Mean Euclidean distance of the test points to the true support: the data's noise level, the floor "
+        "for mean_sample_distance_to_support.",
+    ),
+    "frechet_feature_distance": Metric(
+        "Fréchet distance of sample and test features (FID-style)", "squared distance", "lower",
+        "‖μ₁ − μ₂‖² + tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^½) between features of fid_samples model samples and of the test "
+        "data, from fid_feature_net or a small classifier trained on the training data (not Inception: not "
+        "comparable with published FIDs).",
+    ),
+}
+"""Every key :func:`evaluate_vq_flow` can return: what it is, its unit and which direction is better."""
+
+RENAMED_METRICS: dict[str, str] = {"fid": "frechet_feature_distance"}
+"""Keys of earlier evaluation.json files -> today's."""
 
 
 @dataclass(frozen=True)
@@ -79,23 +128,15 @@ def sample_in_batches(model: torch.nn.Module, n: int, batch_size: int) -> torch.
 def evaluate_vq_flow(
     model: AtlasModel, dataset: Dataset, options: AtlasEvaluation = AtlasEvaluation()
 ) -> dict[str, float | int | None]:
-    """Held-out likelihood, chart statistics, the atlas's mass, sample distances and the Fréchet distance.
+    """Held-out likelihood, chart statistics, the atlas's mass, sample distances and the Fréchet distance:
+    every key it can return is described in :data:`METRICS` (name, unit, direction, meaning).
 
-    - ``n_test``: the number of test points;
-    - ``test_log_likelihood``: mean log p(x) of the test points, summed over member charts, in nats;
-    - ``test_log_likelihood_points_per_s``: test points scored per second;
-    - ``num_charts``: the number of charts K;
-    - ``atlas_mass``: Monte-Carlo estimate (``mass_samples``) of the atlas's total mass (1 when the
-      charts' densities do not overlap or leak);
-    - ``test_bits_per_dim`` (:class:`~mflow_cli.datasets.base.PixelData`): −(log p(y) + log|∂y/∂p|) / (D ln 2)
-      over 8-bit pixel values p (``pixels.log_jacobian_to_pixels``);
-    - K > 1: ``mean_charts_per_point``, the mean number of charts a test point belongs to, and
-      ``charts_used``, how many charts hold at least one test point;
-    - :class:`~mflow_cli.datasets.base.DistanceToManifold` datasets with ``n_samples`` > 0:
-      ``mean_sample_distance_to_support`` and ``mean_test_distance_to_support``, the mean distance of the
-      model samples / of the test points to the true support;
-    - ``fid`` (with ``fid``): the Fréchet distance between features of ``fid_samples`` model samples and of
-      the test data (:mod:`mflow_cli.metrics.fid`; not comparable with published FIDs).
+    Always ``n_test``, ``test_log_likelihood``, ``test_log_likelihood_points_per_s``, ``num_charts`` and
+    ``atlas_mass`` (``mass_samples`` Monte-Carlo samples); ``test_bits_per_dim`` for
+    :class:`~mflow_cli.datasets.base.PixelData`; ``mean_charts_per_point`` and ``charts_used`` when K > 1;
+    ``mean_sample_distance_to_support`` and ``mean_test_distance_to_support`` for
+    :class:`~mflow_cli.datasets.base.DistanceToManifold` datasets with ``n_samples`` > 0;
+    ``frechet_feature_distance`` with ``fid`` (``fid_samples`` model samples, :mod:`mflow_cli.metrics.fid`).
 
     Non-finite values are reported as None.
     """
@@ -127,5 +168,5 @@ def evaluate_vq_flow(
     if options.fid:
         net = feature_network(dataset, options.fid_feature_net, options.fid_cache_dir)
         samples = feature_inputs(dataset, sample_in_batches(model, options.fid_samples, batch_size))
-        metrics["fid"] = fid_score(net, samples, feature_inputs(dataset, test))
+        metrics["frechet_feature_distance"] = fid_score(net, samples, feature_inputs(dataset, test))
     return finite_metrics(metrics)

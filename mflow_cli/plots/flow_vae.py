@@ -13,7 +13,7 @@ from ..datasets.base import Dataset, Labelled, PixelData
 from ..metrics.common import at_least, model_device
 from ..metrics.flow_vae import VariationalEvaluation
 from ..models.interfaces import VariationalModel
-from .common import image_grid, pyplot, save, training_curves
+from .common import image_grid, pyplot, samples_to_draw, save, training_curves
 
 
 @dataclass(frozen=True)
@@ -43,10 +43,14 @@ def plot_flow_vae(
     out_dir: Path,
     options: VariationalEvaluation = VariationalEvaluation(),
     figure: VariationalFigures = VariationalFigures(),
+    samples: torch.Tensor | None = None,
 ) -> list[Path]:
     """Draw the figures of a flow-VAE into ``out_dir``; returns their paths.
 
-    - ``training_curves.png``: every logged training quantity per epoch;
+    ``samples`` (N, *data_shape) or (N, D), in the model's space: show these (e.g. a sample file of the
+    user's) instead of fresh decoder means.
+
+    - ``training_curves.png``: every logged training quantity per epoch (:func:`~.common.training_curves`);
     - ``samples.png`` (:class:`~mflow_cli.datasets.base.PixelData`): ``n_samples`` decoder means at z ~ p(z);
     - ``reconstructions.png`` (PixelData): ``n_reconstructions`` test images, each followed by its
       reconstruction from the posterior mean;
@@ -60,9 +64,11 @@ def plot_flow_vae(
     test = dataset.test_data()
     if isinstance(dataset, PixelData):
         pixels = dataset.pixels
-        samples = model.sample(n_samples).reshape(n_samples, *model.data_shape)
-        paths.append(image_grid(pixels.to_images(samples.detach()), out_dir / "samples.png",
-                                "samples (decoder means at z ~ p(z))", cols=10))
+        what = "decoder means at z ~ p(z)" if samples is None else "given"
+        shown = samples_to_draw(model, samples, n_samples, dataset.data_shape)
+        shown = shown.reshape(len(shown), *dataset.data_shape)
+        paths.append(image_grid(pixels.to_images(shown), out_dir / "samples.png",
+                                f"model samples ({len(shown)}, {what})", cols=10))
         if figure.n_reconstructions > 0:
             x = test[: figure.n_reconstructions].to(device)
             with torch.no_grad():
@@ -71,7 +77,8 @@ def plot_flow_vae(
             recon = torch.sigmoid(loc) if model.likelihood == "bernoulli" else loc
             pairs = torch.stack([x.cpu(), recon.reshape(x.shape).cpu()], 1).reshape(-1, *model.data_shape)
             paths.append(image_grid(pixels.to_images(pairs), out_dir / "reconstructions.png",
-                                    "test images and reconstructions (posterior mean)", cols=8))
+                                    "test images, each followed by its reconstruction (decoder at the posterior "
+                                    "mean)", cols=8))
     if model.latent_dim == 2 and figure.latent_points > 0:
         x = test[: figure.latent_points]
         with torch.no_grad():
@@ -79,10 +86,16 @@ def plot_flow_vae(
         labels = dataset.labels("test")[: len(x)] if isinstance(dataset, Labelled) else torch.zeros(len(x))
         plt = pyplot()
         fig, ax = plt.subplots(figsize=(6, 5.2))
-        pts = ax.scatter(z[:, 0], z[:, 1], c=labels.numpy(), cmap="tab10", s=2, alpha=0.7)
-        fig.colorbar(pts, ax=ax, label="label")
-        ax.set_xlabel("z₁")
-        ax.set_ylabel("z₂")
-        ax.set_title(f"posterior samples z_K of test images (flow: {model.posterior_flow_label})", fontsize=9)
+        labelled = isinstance(dataset, Labelled)
+        pts = ax.scatter(z[:, 0], z[:, 1], c=labels.numpy(), cmap="tab10", s=3, alpha=0.7, lw=0,
+                         vmin=-0.5, vmax=9.5)
+        if labelled:
+            bar = fig.colorbar(pts, ax=ax, label="class label of the test image", ticks=range(10))
+            bar.ax.set_ylim(-0.5, float(labels.max()) + 0.5)
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.set_xlabel("z₁ (latent coordinate)")
+        ax.set_ylabel("z₂ (latent coordinate)")
+        ax.set_title(f"posterior samples z_K of {len(x)} test images in the 2-D latent space\n"
+                     f"(posterior flow: {model.posterior_flow_label})", fontsize=9)
         paths.append(save(fig, out_dir / "latent_space.png"))
     return [p for p in paths if p is not None]

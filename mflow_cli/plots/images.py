@@ -17,7 +17,7 @@ from ..datasets.base import PixelData
 from ..metrics.common import at_least, model_device
 from ..metrics.images import ImageEvaluation
 from ..models.interfaces import ManifoldModel
-from .common import image_grid, training_curves
+from .common import image_grid, samples_to_draw, training_curves
 
 MAX_GRID_IMAGES = 64
 
@@ -58,10 +58,14 @@ def plot_images(
     out_dir: Path,
     options: ImageEvaluation = ImageEvaluation(),
     figure: ImageFigures = ImageFigures(),
+    samples: torch.Tensor | None = None,
 ) -> list[Path]:
     """Draw the figures of a manifold model on image data into ``out_dir``; returns their paths.
 
-    - ``training_curves.png``: every logged training quantity per epoch, one colour per phase;
+    ``samples`` (N, *data_shape) or (N, D), in the model's space: show these (e.g. a sample file of the
+    user's) instead of fresh model samples.
+
+    - ``training_curves.png``: every logged training quantity per epoch (:func:`~.common.training_curves`);
     - ``samples.png``: a grid of ``n_samples`` (≤ 64) model samples;
     - ``reconstructions.png``: 8 test images (top row) and their projections g(u(x)) (bottom row);
     - ``interpolations.png``: ``n_interpolations`` rows: a test image, ``interpolation_steps`` decodings
@@ -72,9 +76,11 @@ def plot_images(
     paths = [training_curves(records, out_dir / "training_curves.png")]
     device = model_device(model)
     n = min(figure.n_samples, MAX_GRID_IMAGES)
-    with torch.no_grad():
-        samples = model.sample(n).cpu()
-    paths.append(image_grid(pixels.to_images(samples), out_dir / "samples.png", "model samples", cols=min(8, n)))
+    source = "drawn" if samples is None else "given"
+    shown = samples_to_draw(model, samples, n, dataset.data_shape)[:MAX_GRID_IMAGES]
+    shown = shown.reshape(len(shown), *dataset.data_shape)
+    paths.append(image_grid(pixels.to_images(shown), out_dir / "samples.png",
+                            f"model samples ({len(shown)} {source})", cols=min(8, len(shown))))
 
     test = dataset.test_data()
     k = min(8, len(test))
@@ -82,7 +88,9 @@ def plot_images(
         recon = torch.cat([model.project(test[i : i + 1].to(device))[0] for i in range(k)])
         recon = model.decode(recon).cpu()
     both = torch.cat([pixels.to_images(test[:k]), pixels.to_images(recon)])
-    paths.append(image_grid(both, out_dir / "reconstructions.png", "test images (top) and g(u(x)) (bottom)", cols=k))
+    paths.append(image_grid(both, out_dir / "reconstructions.png",
+                            "test images (top) and their projections g(u(x)) onto the learned manifold (bottom)",
+                            cols=k))
 
     m = min(figure.n_interpolations, len(test) // 2)
     if m > 0:

@@ -16,7 +16,7 @@ def plot_intrinsic_dimension(result: IntrinsicDimension, path: str | Path) -> Pa
     large k is curvature or the data's boundary.
     """
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = plt.subplots(figsize=(8.4, 4.0))
     k = result.k_values
     lo, hi = result.mle_k
     ax.axvspan(lo, hi, color="0.92", zorder=0, label=f"MLE averaged over k = {lo}–{hi}")
@@ -34,7 +34,8 @@ def plot_intrinsic_dimension(result: IntrinsicDimension, path: str | Path) -> Pa
         value, spread = result.estimates[name], result.spread[name]
         ax.axhline(value, color=colour, linestyle=style, label=f"{label} ({value:.2f} ± {spread:.2f})")
         ax.axhspan(value - spread, value + spread, color=colour, alpha=0.15, linewidth=0)
-    ax.axhline(result.suggested_latent_dim, color="0.3", linewidth=0.8)
+    ax.axhline(result.suggested_latent_dim, color="0.3", linewidth=0.8,
+               label=f"suggested latent_dim = {result.suggested_latent_dim}")
     values = [*result.mle_curve, result.estimates["two_nn"], result.estimates["local_pca"]]
     top = max(max(values), result.suggested_latent_dim)
     ax.set_ylim(max(0.0, min(min(values), result.suggested_latent_dim) - 0.5), top + 0.5)
@@ -46,6 +47,6 @@ def plot_intrinsic_dimension(result: IntrinsicDimension, path: str | Path) -> Pa
         f"({result.n_points} points, spread over random halves)",
         fontsize=10,
     )
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
     ax.grid(alpha=0.3)
     return save(fig, Path(path))

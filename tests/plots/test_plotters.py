@@ -31,7 +31,8 @@ torch.set_num_threads(1)
 def binary_images() -> TinyImages:
     """30/20 random 1×4×4 images as binarized pixels (a stand-in for binarized MNIST)."""
     return TinyImages(n_train=30, n_test=20, preprocessing="none", dequantize=False, binarize="threshold", num_labels=4)
-RECORDS = [{"phase": "joint", "epoch": 1, "loss": 2.0}, {"phase": "joint", "epoch": 2, "loss": 1.5}]
+RECORDS = [{"phase": "joint", "epoch": 1, "loss": 2.0, "val_loss": 2.2},
+           {"phase": "joint", "epoch": 2, "loss": 1.5, "val_loss": 1.7}]
 
 
 def test_mosaic_places_each_image_in_its_cell_with_white_gaps():
