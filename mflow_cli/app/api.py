@@ -81,7 +81,8 @@ class Run:
         x = self._opened.to_model_units(self._tensor(x))
         parts: dict[str, list[torch.Tensor]] = {}
         for chunk in torch.split(x, batch_size):
-            out = self._opened.outputs_to_original_units(self.model.encode(chunk.to(self.device)))
+            chunk = chunk.to(self.device)
+            out = self._opened.outputs_to_original_units(chunk, self.model.encode(chunk))
             for key, value in out.items():
                 parts.setdefault(key, []).append(value.detach().cpu())
         return {key: self._out(torch.cat(values), numpy) for key, values in parts.items()}
@@ -92,15 +93,16 @@ class Run:
         if not isinstance(self.model, (ManifoldModel, AtlasModel)):
             raise ConfigError(f"{self.recipe.model['kind']} has no exact log density; use encode(x)['elbo']")
         x = self._opened.to_model_units(self._tensor(x))
+        parts = []
         with torch.no_grad():
-            if isinstance(self.model, ManifoldModel):
-                parts = [self.model.log_prob_manifold(c.to(self.device))[0].cpu() for c in torch.split(x, batch_size)]
-            else:
-                parts = [self.model.log_prob(c.to(self.device)).cpu() for c in torch.split(x, batch_size)]
-        log_p = torch.cat(parts)
-        if self.units is not None:
-            log_p = log_p + self.units.log_abs_det_to_model
-        return self._out(log_p, numpy)
+            for chunk in torch.split(x, batch_size):
+                chunk = chunk.to(self.device)
+                if isinstance(self.model, ManifoldModel):
+                    log_p = self.model.log_prob_manifold(chunk)[0]
+                else:
+                    log_p = self.model.log_prob(chunk)
+                parts.append(self._opened.outputs_to_original_units(chunk, {"log_prob": log_p})["log_prob"].cpu())
+        return self._out(torch.cat(parts), numpy)
 
     def project(self, x: ArrayLike, batch_size: int = 1000, numpy: bool = True):
         """The projection of each row onto the learned manifold, g(u(x)), shaped like x (manifold models)."""

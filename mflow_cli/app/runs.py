@@ -22,7 +22,10 @@ from .. import distributed, io
 from ..datasets.arrays import Standardization
 from ..datasets.base import Dataset, TableData
 from ..errors import ConfigError, OutputError
+from ..jacobian import batched_jacobian, logdet_gram
+from ..metrics.glossary import metadata_block
 from ..models.base import Model
+from ..models.interfaces import ManifoldModel
 from ..training import TrainConfig, TrainingMonitor, train
 from . import catalog
 from .recipe import Recipe, short_repr, validate, write_yaml
@@ -339,16 +342,42 @@ class OpenRun:
             return x
         return self.units.to_original(x.reshape(len(x), -1)).to(x.dtype).reshape(x.shape)
 
-    def outputs_to_original_units(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Log densities among ``encode``'s outputs become densities in the data's units (+ log|det ∂y/∂x|)."""
+    def manifold_density_shift(self, x: torch.Tensor) -> torch.Tensor:
+        """What turns the on-manifold log density at the projection of ``x`` (model units, (B, D)) into the
+        density w.r.t. the manifold's volume in the data's own units.
+
+        With y = (x − mean) / std the decoder in the data's units is x = mean + std ⊙ g(u), whose Jacobian is
+        S J_g (S = diag std), so log p changes by −½ log det(J_gᵀ S² J_g) + ½ log det(J_gᵀ J_g) (M-flow eq. 3 in
+        both coordinates); for d = D this is the ambient −Σ log std.
+        """
+        model = self.model
+        if model.latent_dim == model.data_dim:
+            return x.new_full((len(x),), self.units.log_abs_det_to_model)
+        u = model.project(x)[0]
+        _, jac = batched_jacobian(model.decode, u)
+        scaled = jac * self.units.std.to(jac)[None, :, None]
+        return 0.5 * (logdet_gram(jac) - logdet_gram(scaled))
+
+    def outputs_to_original_units(self, x: torch.Tensor, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Log densities among ``encode``'s outputs for inputs ``x`` (model units) as densities in the data's
+        units: ambient ones (and ELBOs) shift by log|det ∂y/∂x| = −Σ log std, on-manifold ones by
+        :meth:`manifold_density_shift`."""
         if self.units is None:
             return out
+        out = dict(out)
         shift = self.units.log_abs_det_to_model
-        return {k: v + shift if k in DENSITY_OUTPUTS else v for k, v in out.items()}
-
-
-DENSITY_OUTPUTS = ("log_prob", "log_prob_ambient", "elbo")
-"""The outputs of ``encode`` that are log densities of the input (they change with the input's units)."""
+        for key in ("log_prob_ambient", "elbo"):
+            if key in out:
+                out[key] = out[key] + shift
+        if "log_prob" in out:
+            if isinstance(self.model, ManifoldModel):
+                with torch.no_grad():
+                    out["log_prob"] = out["log_prob"] + self.manifold_density_shift(x.reshape(len(x), -1))
+            elif self.model.latent_dim == int(torch.Size(self.model.data_shape).numel()):
+                out["log_prob"] = out["log_prob"] + shift
+            else:
+                raise ConfigError("densities on a lower-dimensional atlas cannot be converted to the data's units")
+        return out
 
 MAX_DATA_DIMS = 2**28
 
@@ -474,7 +503,8 @@ def encode_h5(
         if progress:
             progress.start("encode", n)
         for start, batch in io.iter_h5_batches(inp, name, batch_size):
-            writer.write(start, run.outputs_to_original_units(model.encode(run.to_model_units(batch).to(device))))
+            x = run.to_model_units(batch).to(device)
+            writer.write(start, run.outputs_to_original_units(x, model.encode(x)))
             if progress:
                 progress.advance(len(batch))
     return Path(out)
@@ -494,7 +524,24 @@ def evaluate_run(run_dir: str | Path, out: str | Path | None = None, force: bool
         dataset = build_dataset(recipe)
         scoring = evaluation(recipe)
         metrics = scoring.evaluate(model, dataset, scoring.options(**recipe.evaluate))
-        io.write_json(metrics, out or run_dir / "evaluation.json")
+        if run.units is not None:
+            metrics = _log_likelihoods_to_original_units(run, dataset, metrics)
+        report = {**metrics, "metadata": metadata_block(metrics)}
+        io.write_json(report, out or run_dir / "evaluation.json")
+    return metrics
+
+
+def _log_likelihoods_to_original_units(run: OpenRun, dataset: Dataset, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Own data: the test log-likelihoods as densities in the file's units (the evaluators work in model units)."""
+    metrics = dict(metrics)
+    if metrics.get("test_log_likelihood_ambient") is not None:
+        metrics["test_log_likelihood_ambient"] += run.units.log_abs_det_to_model
+    if metrics.get("test_log_likelihood_manifold") is not None and isinstance(run.model, ManifoldModel):
+        test = dataset.test_data().reshape(len(dataset.test_data()), -1)
+        device = next(run.model.parameters()).device
+        with torch.no_grad():
+            shift = torch.cat([run.manifold_density_shift(c.to(device)).cpu() for c in torch.split(test, 500)])
+        metrics["test_log_likelihood_manifold"] += float(shift.mean())
     return metrics
 
 
