@@ -113,3 +113,66 @@ def logdet_gram(jac: torch.Tensor) -> torch.Tensor:
             )
         return logdet
     return reference.logdet_gram(jac)
+
+
+
+def _rows_per_tangent(x: torch.Tensor, params: torch.Tensor, tx: torch.Tensor, tparams: torch.Tensor):
+    """Rows tiled once per tangent, (k·N, ...), beside the tangents flattened to match."""
+    k = tx.shape[0]
+    if k == 1:
+        return x, params, tx[0], tparams[0]
+    tile = (k,) + (1,) * (params.dim() - 1)
+    return x.repeat(k, 1), params.repeat(tile), tx.flatten(0, 1), tparams.flatten(0, 1)
+
+
+def _reference_tangents(fn, x, params, tx, tparams) -> tuple[torch.Tensor, torch.Tensor]:
+    xr, pr, txr, tpr = _rows_per_tangent(x, params, tx, tparams)
+    out, tout = torch.func.jvp(fn, (xr, pr), (txr, tpr))
+    return out[: x.shape[0]], tout.reshape(tx.shape)
+
+
+def rq_coupling_tangents(
+    x: torch.Tensor,
+    params: torch.Tensor,
+    tidx: torch.Tensor,
+    tx: torch.Tensor,
+    tparams: torch.Tensor,
+    inverse: bool = False,
+    num_bins: int = 10,
+    tail_bound: float = 1.0,
+    min_bin_width: float = 1e-3,
+    min_bin_height: float = 1e-3,
+    min_derivative: float = 1e-3,
+    divisor: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output of :func:`rq_coupling` (N, D) and its k tangents (k, N, D) for input tangents ``tx`` (k, N, D)
+    and parameter tangents ``tparams`` (k, N, F, 3K-1): ∂y/∂x · tx + ∂y/∂params · tparams.
+
+    For no-grad evaluation (decoder Jacobians): the fused path is not differentiable. The reference path
+    is ``torch.func.jvp`` of nflows' spline.
+    """
+    cfg = (num_bins, float(tail_bound), float(min_bin_width), float(min_bin_height), float(min_derivative),
+           float(divisor))
+    if num_bins <= 64 and x.dim() == 2 and not torch.is_grad_enabled() and can_fuse(x, params, tx, tparams):
+        x, params = x.contiguous(), params.contiguous()
+        out, _ = ext.rq_forward(x, params, tidx, inverse, *cfg)
+        xr, pr, txr, tpr = _rows_per_tangent(x, params, tx, tparams)
+        tout, _ = ext.rq_jvp(xr, pr, tidx, txr.contiguous(), tpr.contiguous(), inverse, *cfg)
+        return out, tout.view(tx.shape)
+    return _reference_tangents(lambda a, b: reference.rq_coupling(a, b, tidx, inverse, *cfg)[0], x, params, tx,
+                               tparams)
+
+
+def affine_coupling_tangents(
+    x: torch.Tensor, params: torch.Tensor, tidx: torch.Tensor, tx: torch.Tensor, tparams: torch.Tensor,
+    inverse: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output of :func:`affine_coupling` (N, D) and its k tangents (k, N, D); ``tparams`` is (k, N, 2F)."""
+    if x.dim() == 2 and not torch.is_grad_enabled() and can_fuse(x, params, tx, tparams):
+        x, params = x.contiguous(), params.contiguous()
+        out, _ = ext.affine_forward(x, params, tidx, inverse)
+        xr, pr, txr, tpr = _rows_per_tangent(x, params, tx, tparams)
+        tout, _ = ext.affine_jvp(xr, pr, tidx, txr.contiguous(), tpr.contiguous(), inverse)
+        return out, tout.view(tx.shape)
+    return _reference_tangents(lambda a, b: reference.affine_coupling(a, b, tidx, inverse)[0], x, params, tx,
+                               tparams)

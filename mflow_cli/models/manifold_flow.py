@@ -29,7 +29,7 @@ from nflows.nn.nets import ResidualNet
 from ..errors import ConfigError
 from ..flows.builders import CouplingKind, InnerKind, LinearKind, coupling_flow, inner_flow
 from ..flows.image import image_flow
-from ..jacobian import batched_jacobian, logdet_gram
+from ..jacobian import batched_jacobian, decoder_jacobian, flow_outputs, logdet_gram
 from ..registry import MODELS
 from .base import Model, standard_normal_log_prob, variant
 
@@ -162,8 +162,9 @@ class ManifoldFlow(Model):
         if self.latent_dim == self.data_dim and self.encoder is None:
             u, _, logdet = self.project(x)
             return self.latent_log_prob(u) + logdet, x.reshape(x.shape[0], -1), u
-        u = self.manifold_coordinates(x)
-        x_proj, jac = batched_jacobian(self.decode, u)
+        x = x.reshape(x.shape[0], -1)
+        u = self.encoder(x) if self.encoder is not None else flow_outputs(self.outer, x)[:, : self.latent_dim]
+        x_proj, jac = decoder_jacobian(self.outer, u, self.data_dim)
         return self.latent_log_prob(u) - 0.5 * logdet_gram(jac), x_proj, u
 
     # ------------------------------------------------------------------ training
