@@ -1,11 +1,21 @@
-"""Side-by-side timings of the fused kernels (``mflow_cli._C``) and the pure-PyTorch reference path.
+"""Side-by-side timings of mflow's paths and their baselines, in one process on the same inputs.
 
-Both paths run in the same process on the same inputs: the reference inside
-:func:`mflow_cli.kernels.use_reference`, which is also how the fused coupling layers fall back to
-nflows' own transforms. Each row is the median of ``repeats`` timed calls after warm-up (the two
-paths alternating call by call, so that load changes hit both alike), for the
-forward pass and for forward + backward, with the largest absolute difference between the two
-paths' results (outputs for ``fwd``, outputs and input/parameter gradients for ``fwd+bwd``).
+Each row names its baseline (``baseline``; the kernel rows also say it in their name):
+
+- kernel rows: the fused op (``mflow_cli._C``) vs the pure-PyTorch reference (nflows' own spline code,
+  nflows' affine formula, ``torch.linalg.cholesky`` of JᵀJ), the reference inside
+  :func:`mflow_cli.kernels.use_reference`, which is also how the fused layers fall back to nflows;
+- flow rows: mflow's 9-step RQ coupling flow vs the same flow on nflows' transforms (same weights), and
+  vs ``zuko.flows.NSF`` (9 spline coupling transforms of the same width; the ``bench`` extra), the peer
+  a user would pick today;
+- end-to-end rows (:func:`model_rows`): the thin-spiral DNF's training step vs the same step on nflows'
+  layers, and the exact on-manifold density vs the research code's method (one reverse-mode autograd
+  pass per output dimension, batched over the points, on nflows' layers).
+
+Each time is the median of ``repeats`` calls after warm-up, the paths alternating call by call so that
+load changes hit both alike, for the forward pass and for forward + backward, with the largest absolute
+difference between the two paths' results (outputs for ``fwd``, outputs and input/parameter gradients for
+``fwd+bwd``; NaN where the baseline is another model, zuko).
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ class BenchRow:
     reference_ms: float
     fused_ms: float
     max_abs_diff: float
+    baseline: str = "reference PyTorch path"
 
     @property
     def speedup(self) -> float:
@@ -51,6 +62,33 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def paired_times_ms(
+    fns: Sequence[Callable[[], object]], repeats: int, device: torch.device, warmup: int = 2
+) -> list[float]:
+    """Median time of each of ``fns`` in milliseconds, the functions called in turn, round after round
+    (so that a change of machine load hits all alike)."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(max(1, repeats)):
+        for fn, acc in zip(fns, times, strict=True):
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            acc.append(time.perf_counter() - start)
+    return [1e3 * statistics.median(t) for t in times]
+
+
+def _on_reference(fn: Callable[[], object], flag: bool = True) -> Callable[[], object]:
+    def run():
+        with kernels.use_reference(flag):
+            return fn()
+
+    return run
+
+
 def paired_median_ms(
     fn: Callable[[], object], repeats: int, device: torch.device, warmup: int = 2
 ) -> tuple[float, float]:
@@ -58,20 +96,8 @@ def paired_median_ms(
 
     The two paths alternate call by call, so a change of machine load hits both alike.
     """
-    for _ in range(warmup):
-        with kernels.use_reference():
-            fn()
-        fn()
-    ref, fused = [], []
-    for _ in range(max(1, repeats)):
-        for use_ref, times in ((True, ref), (False, fused)):
-            with kernels.use_reference(use_ref):
-                _sync(device)
-                start = time.perf_counter()
-                fn()
-                _sync(device)
-                times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(ref), 1e3 * statistics.median(fused)
+    ref, fused = paired_times_ms([_on_reference(fn), _on_reference(fn, False)], repeats, device, warmup)
+    return ref, fused
 
 
 def _max_diff(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
@@ -80,7 +106,7 @@ def _max_diff(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
 
 def _compare(
     kernel: str, size: str, fn: Callable[..., Sequence[torch.Tensor]], inputs: Sequence[torch.Tensor],
-    repeats: int, device: torch.device,
+    repeats: int, device: torch.device, baseline: str,
 ) -> list[BenchRow]:
     """fwd and fwd+bwd rows for ``fn(*inputs)`` (returns a tuple of tensors), reference vs fused."""
     leaves = [t.detach().clone().requires_grad_() for t in inputs]
@@ -108,10 +134,11 @@ def _compare(
     fused_outs, fused_grads = forward_backward()
     ref_fwd, fused_fwd = paired_median_ms(forward, repeats, device)
     ref_bwd, fused_bwd = paired_median_ms(forward_backward, repeats, device)
+    name = f"{kernel} vs {baseline}"
     return [
-        BenchRow(kernel, size, "fwd", ref_fwd, fused_fwd, _max_diff(ref_out, fused_out)),
-        BenchRow(kernel, size, "fwd+bwd", ref_bwd, fused_bwd,
-                 _max_diff([*ref_outs, *ref_grads], [*fused_outs, *fused_grads])),
+        BenchRow(name, size, "fwd", ref_fwd, fused_fwd, _max_diff(ref_out, fused_out), baseline),
+        BenchRow(name, size, "fwd+bwd", ref_bwd, fused_bwd,
+                 _max_diff([*ref_outs, *ref_grads], [*fused_outs, *fused_grads]), baseline),
     ]
 
 
@@ -136,24 +163,45 @@ def kernel_rows(
         x, p = randn(n, d, scale=1.5), randn(n, tidx.numel(), 3 * SPLINE["num_bins"] - 1)
         rows += _compare(
             "rq-spline coupling (K=5)", f"{n}×{d}",
-            lambda a, b, t=tidx: kernels.rq_coupling(a, b, t, **SPLINE), (x, p), repeats, dev,
+            lambda a, b, t=tidx: kernels.rq_coupling(a, b, t, **SPLINE), (x, p), repeats, dev, "nflows",
         )
     for n, d in [(8, 4)] if quick else [(512, 64), (65536, 8)]:
         tidx = torch.arange(0, d, 2, device=dev)
         x, p = randn(n, d), randn(n, 2 * tidx.numel())
         rows += _compare(
             "affine coupling", f"{n}×{d}",
-            lambda a, b, t=tidx: kernels.affine_coupling(a, b, t), (x, p), repeats, dev,
+            lambda a, b, t=tidx: kernels.affine_coupling(a, b, t), (x, p), repeats, dev, "nflows",
         )
     for b, n, d in [(4, 5, 2)] if quick else [(512, 3, 2), (512, 64, 2), (512, 64, 8), (128, 256, 64)]:
         j = randn(b, n, d)
-        rows += _compare("log det(JᵀJ)", f"{b}×{n}×{d}", lambda a: (kernels.logdet_gram(a),), (j,), repeats, dev)
+        rows += _compare("log det(JᵀJ)", f"{b}×{n}×{d}", lambda a: (kernels.logdet_gram(a),), (j,), repeats, dev,
+                         "torch.linalg")
     return rows
+
+
+def _nll(z: torch.Tensor, logdet: torch.Tensor) -> torch.Tensor:
+    from .models.base import standard_normal_log_prob
+
+    return -(standard_normal_log_prob(z) + logdet)
+
+
+def _zuko_nsf(features: int, layers: int, hidden: int, device: torch.device):
+    """zuko's spline flow of about mflow's size: ``layers`` RQ-spline coupling transforms (``passes=2``),
+    5 bins, MLP conditioners of 5 hidden layers of ``hidden`` (mflow: ResidualNet, 6 linear layers).
+    None without zuko (``pip install mflow[bench]``)."""
+    try:
+        import zuko
+    except ImportError:
+        return None
+    passes = 2 if features > 1 else None
+    return zuko.flows.NSF(features, transforms=layers, bins=SPLINE["num_bins"], passes=passes,
+                          hidden_features=[hidden] * 5).to(device)
 
 
 def flow_rows(repeats: int = 10, quick: bool = False, device: str = "cpu") -> list[BenchRow]:
     """The 9-step RQ-spline coupling flow of :func:`mflow_cli.flows.builders.coupling_flow` (LU layers,
-    ResidualNet conditioners with 100 hidden units), fused vs nflows' transforms, on the same weights."""
+    ResidualNet conditioners with 100 hidden units): fused vs nflows' transforms on the same weights
+    (``flow(x)``; loss ½|z|² − log|det|), then vs ``zuko.flows.NSF`` (the negative log-likelihood, both)."""
     from .flows.builders import coupling_flow
 
     dev = torch.device(device)
@@ -181,11 +229,37 @@ def flow_rows(repeats: int = 10, quick: bool = False, device: str = "cpu") -> li
         fused_outs, fused_grads = forward_backward()
         ref_fwd, fused_fwd = paired_median_ms(forward, repeats, dev)
         ref_bwd, fused_bwd = paired_median_ms(forward_backward, repeats, dev)
-        name = f"{layers}-step RQ coupling flow"
+        name = f"{layers}-step RQ coupling flow vs nflows"
         rows += [
-            BenchRow(name, f"{n}×{d}", "fwd", ref_fwd, fused_fwd, _max_diff(ref_out, fused_out)),
+            BenchRow(name, f"{n}×{d}", "fwd", ref_fwd, fused_fwd, _max_diff(ref_out, fused_out), "nflows"),
             BenchRow(name, f"{n}×{d}", "fwd+bwd", ref_bwd, fused_bwd,
-                     _max_diff([*ref_outs, *ref_grads], [*fused_outs, *fused_grads])),
+                     _max_diff([*ref_outs, *ref_grads], [*fused_outs, *fused_grads]), "nflows"),
+        ]
+        peer = _zuko_nsf(d, layers, hidden, dev)
+        if peer is None:
+            continue
+        peer_params = list(peer.parameters())
+
+        def ours_nll(x=x, flow=flow):
+            with torch.no_grad():
+                return _nll(*flow(x))
+
+        def zuko_nll(x=x, peer=peer):
+            with torch.no_grad():
+                return -peer().log_prob(x)
+
+        def ours_step(x=x, flow=flow, params=params):
+            return torch.autograd.grad(_nll(*flow(x)).mean(), params)
+
+        def zuko_step(x=x, peer=peer, params=peer_params):
+            return torch.autograd.grad(-peer().log_prob(x).mean(), params)
+
+        zuko_fwd, ours_fwd = paired_times_ms([zuko_nll, ours_nll], repeats, dev)
+        zuko_bwd, ours_bwd = paired_times_ms([zuko_step, ours_step], repeats, dev)
+        name = f"{layers}-step spline flow NLL vs zuko NSF"
+        rows += [
+            BenchRow(name, f"{n}×{d}", "fwd", zuko_fwd, ours_fwd, float("nan"), "zuko.flows.NSF"),
+            BenchRow(name, f"{n}×{d}", "fwd+bwd", zuko_bwd, ours_bwd, float("nan"), "zuko.flows.NSF"),
         ]
     return rows
 
@@ -219,24 +293,29 @@ def _median_s(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
 def model_rows(
     repeats: int = 10, quick: bool = False, batch: int = 100, threads: int | None = None
 ) -> list[ThroughputRow]:
-    """The two figures the research code is judged by, on the thin-spiral DNF of ``recipes/dnf_spiral.yaml``
+    """The figures the research code is judged by, on the thin-spiral DNF of ``recipes/dnf_spiral.yaml``
     (9 RQ-spline coupling steps with LU layers, 1 inner step, latent dim 1; untrained weights):
 
-    - one training step (loss, backward, AdamW) at ``batch``: fused kernels vs the reference path;
-    - the exact on-manifold density at ``batch`` points: M-flow eq. 3 with J_g from a per-point autograd
-      loop (the research code's way, reference kernels) vs mflow's batched forward-mode pass (fused).
+    - one training step (loss, backward, AdamW) at ``batch``: fused kernels vs nflows' layers (reference path);
+    - the exact on-manifold density (M-flow eq. 3) at ``batch`` points: J_g by the research code's method
+      (:func:`mflow_cli.jacobian.reverse_mode_jacobian`: one reverse-mode pass per output dimension, batched
+      over the points, nflows' layers) vs mflow's ``log_prob_manifold`` (forward-mode rules, fused kernels);
+    - the same density on a 10,000-point grid (100 × 100 over [-3, 3]², as ``mflow evaluate``'s
+      ``ambient_grid_seconds``) in batches of ``batch``; the research method is timed on 1,000 of the points.
     """
     with _threads(threads):
         return _model_rows(repeats, quick, batch)
 
 
 def _model_rows(repeats: int, quick: bool, batch: int) -> list[ThroughputRow]:
-    from .jacobian import brute_force_jacobian, logdet_gram
+    from .jacobian import logdet_gram, reverse_mode_jacobian
+    from .metrics.manifold import ambient_grid
     from .models.manifold_flow import DNF
 
     torch.manual_seed(0)
     model = DNF((2,), outer_layers=1 if quick else 9, hidden_features=8 if quick else 100)
     x = torch.randn(batch, 2, generator=torch.Generator().manual_seed(1))
+    cpu = torch.device("cpu")
     with torch.no_grad():  # the same noise draw on both paths
         with kernels.use_reference():
             torch.manual_seed(2)
@@ -244,19 +323,40 @@ def _model_rows(repeats: int, quick: bool, batch: int) -> list[ThroughputRow]:
         torch.manual_seed(2)
         loss_diff = float((model.loss(x, "joint")[0] - ref_loss).abs())
 
-    def loop():
+    def research(points: torch.Tensor = x) -> torch.Tensor:
         with kernels.use_reference():
-            u = model.project(x)[0].detach()
-            jac = brute_force_jacobian(model.decode, u)
-            return (model.latent_log_prob(u) - 0.5 * logdet_gram(jac)).detach()
+            with torch.no_grad():
+                u = model.project(points)[0]
+            _, jac = reverse_mode_jacobian(model.decode, u)
+            with torch.no_grad():
+                return model.latent_log_prob(u) - 0.5 * logdet_gram(jac)
 
-    def batched():
+    def ours(points: torch.Tensor = x) -> torch.Tensor:
         with torch.no_grad():
-            return model.log_prob_manifold(x)[0]
+            return model.log_prob_manifold(points)[0]
 
-    diff = float((loop() - batched()).abs().max())
-    density = ThroughputRow(f"on-manifold density, batch {batch} (points/s)", "per-point autograd loop",
-                            batch / _median_s(loop, max(1, repeats // 5)), batch / _median_s(batched, repeats), diff)
+    diff = float((research() - ours()).abs().max())
+    research_ms, ours_ms = paired_times_ms([research, ours], repeats, cpu)
+    density = ThroughputRow(f"on-manifold density, batch {batch} (points/s)",
+                            "research method: reverse mode per output dim, nflows layers",
+                            1e3 * batch / research_ms, 1e3 * batch / ours_ms, diff)
+
+    grid = ambient_grid(3.0, 20 if quick else 100)
+    sample = grid[:: max(1, len(grid) // 1000)][:1000]
+
+    def research_grid():
+        return [research(chunk) for chunk in torch.split(sample, batch)]
+
+    def ours_grid():
+        return [ours(chunk) for chunk in torch.split(grid, batch)]
+
+    research_grid_ms, ours_grid_ms = paired_times_ms([research_grid, ours_grid], max(1, repeats // 5), cpu, 1)
+    grid_diff = float((torch.cat(research_grid()) - ours(sample)).abs().max())
+    grid_row = ThroughputRow(
+        f"{len(grid):,}-point grid, batch {batch}: mflow {ours_grid_ms / 1e3:.2f} s (points/s)",
+        f"research method (on {len(sample):,} of the points)",
+        1e3 * len(sample) / research_grid_ms, 1e3 * len(grid) / ours_grid_ms, grid_diff,
+    )
 
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=1e-4)
 
@@ -266,10 +366,10 @@ def _model_rows(repeats: int, quick: bool, batch: int) -> list[ThroughputRow]:
         loss.backward()
         opt.step()
 
-    ref_ms, fused_ms = paired_median_ms(step, repeats, torch.device("cpu"), warmup=3)
-    training = ThroughputRow(f"DNF training step, batch {batch} (samples/s)", "reference path",
+    ref_ms, fused_ms = paired_median_ms(step, repeats, cpu, warmup=3)
+    training = ThroughputRow(f"DNF training step, batch {batch} (samples/s)", "same step on nflows' layers",
                              1e3 * batch / ref_ms, 1e3 * batch / fused_ms, loss_diff)
-    return [training, density]  # the density was timed first, on the untrained weights
+    return [training, density, grid_row]  # the densities were timed first, on the untrained weights
 
 
 def run_bench(

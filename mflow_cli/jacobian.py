@@ -111,10 +111,9 @@ def _affine_of(leaf: T.Transform, features: int, like: torch.Tensor, inverse: bo
     return w_inv.T, -(leaf.bias @ w_inv.T)
 
 
-def _version_key(module: torch.nn.Module) -> tuple:
-    return tuple((p.data_ptr(), p._version, p.dtype) for p in module.parameters()) + tuple(
-        (b.data_ptr(), b._version) for b in module.buffers()
-    )
+def _state_key(tensors: list[torch.Tensor]) -> tuple:
+    """Changes whenever one of the tensors is written in place (optimiser step, load_state_dict) or moved."""
+    return tuple((t.data_ptr(), t._version) for t in tensors)
 
 
 def _coupling_supported(leaf: T.Transform) -> bool:
@@ -158,7 +157,7 @@ class _CouplingRule:
                            leaf.min_derivative, leaf._divisor())
             self.num_transform_features = leaf.num_transform_features
 
-    def __call__(self, s: torch.Tensor, inverse: bool) -> torch.Tensor:
+    def __call__(self, s: torch.Tensor, inverse: bool, fused: bool) -> torch.Tensor:
         slots, rows = s.shape[0], s.shape[1]
         if s.shape[2] != self.features:
             raise ValueError(f"Expected features = {self.features}, got {s.shape[2]}.")
@@ -181,13 +180,12 @@ class _CouplingRule:
         x = s[0]
         if self.spline is not None:
             cond = cond.view(slots, rows, self.num_transform_features, -1)
-            if slots == 1:
-                return kernels.rq_coupling(x, cond[0], self.tidx, inverse, *self.spline)[0][None]
-            out, tout = kernels.rq_coupling_tangents(x, cond[0], self.tidx, s[1:], cond[1:], inverse, *self.spline)
-        elif slots == 1:
-            return kernels.affine_coupling(x, cond[0], self.tidx, inverse)[0][None]
+            out, tout = kernels.rq_coupling_tangents(x, cond[0], self.tidx, s[1:], cond[1:], inverse, *self.spline,
+                                                     fused=fused and self.spline[0] <= 64)
         else:
-            out, tout = kernels.affine_coupling_tangents(x, cond[0], self.tidx, s[1:], cond[1:], inverse)
+            out, tout = kernels.affine_coupling_tangents(x, cond[0], self.tidx, s[1:], cond[1:], inverse, fused=fused)
+        if slots == 1:
+            return out[None]
         return torch.cat([out[None], tout])
 
 
@@ -228,10 +226,15 @@ _plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _plan(flow: T.Transform, features: int, like: torch.Tensor, inverse: bool) -> _Plan:
-    key = (_version_key(flow), features, like.dtype, like.device)
-    per_flow = _plans.setdefault(flow, {})
+    """The cached plan of ``flow``, rebuilt when its parameters or buffers changed since."""
+    per_flow = _plans.get(flow)
+    if per_flow is None:
+        per_flow = _plans[flow] = {"tensors": [*flow.parameters(), *flow.buffers()]}
+    key = (_state_key(per_flow["tensors"]), features, like.dtype, like.device)
     cached = per_flow.get(inverse)
     if cached is None or cached[0] != key:
+        per_flow["tensors"] = [*flow.parameters(), *flow.buffers()]
+        key = (_state_key(per_flow["tensors"]), features, like.dtype, like.device)
         cached = per_flow[inverse] = (key, _Plan(flow, features, like, inverse))
     return cached[1]
 
@@ -244,6 +247,7 @@ def flow_with_tangents(
     tangent kernels are not differentiable)."""
     plan = _plan(flow, x.shape[1], x, inverse)
     s = torch.cat([x[None], tangents])
+    fused = kernels.tangents_fusable(s)
     if not plan.covered:
         s = _generic_tangents(flow, s, inverse)
         return s[0], s[1:]
@@ -255,7 +259,7 @@ def flow_with_tangents(
                 s = s @ step[1]
                 s[0] += step[2]
         elif step[0] == "coupling":
-            s = step[1](s, inverse)
+            s = step[1](s, inverse, fused)
         else:
             s = _generic_tangents(step[1], s, inverse)
     return s[0], s[1:]

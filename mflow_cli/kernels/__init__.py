@@ -22,12 +22,13 @@ from .ops import (
     logdet_gram,
     rq_coupling,
     rq_coupling_tangents,
+    tangents_fusable,
     use_reference,
 )
 
 __all__ = [
     "affine_coupling", "affine_coupling_tangents", "backend_info", "can_fuse", "extension_loaded", "fused_enabled",
-    "logdet_gram", "rq_coupling", "rq_coupling_tangents", "use_reference",
+    "logdet_gram", "rq_coupling", "rq_coupling_tangents", "tangents_fusable", "use_reference",
 ]
 
 

@@ -116,6 +116,11 @@ def logdet_gram(jac: torch.Tensor) -> torch.Tensor:
 
 
 
+def tangents_fusable(*tensors: torch.Tensor) -> bool:
+    """Whether the tangent ops may take the compiled path for these tensors now (no grad recording)."""
+    return not torch.is_grad_enabled() and can_fuse(*tensors)
+
+
 def _rows_per_tangent(x: torch.Tensor, params: torch.Tensor, tx: torch.Tensor, tparams: torch.Tensor):
     """Rows tiled once per tangent, (k·N, ...), beside the tangents flattened to match."""
     k = tx.shape[0]
@@ -126,6 +131,8 @@ def _rows_per_tangent(x: torch.Tensor, params: torch.Tensor, tx: torch.Tensor, t
 
 
 def _reference_tangents(fn, x, params, tx, tparams) -> tuple[torch.Tensor, torch.Tensor]:
+    if tx.shape[0] == 0:
+        return fn(x, params), tx
     xr, pr, txr, tpr = _rows_per_tangent(x, params, tx, tparams)
     out, tout = torch.func.jvp(fn, (xr, pr), (txr, tpr))
     return out[: x.shape[0]], tout.reshape(tx.shape)
@@ -144,18 +151,24 @@ def rq_coupling_tangents(
     min_bin_height: float = 1e-3,
     min_derivative: float = 1e-3,
     divisor: float = 1.0,
+    fused: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Output of :func:`rq_coupling` (N, D) and its k tangents (k, N, D) for input tangents ``tx`` (k, N, D)
-    and parameter tangents ``tparams`` (k, N, F, 3K-1): ∂y/∂x · tx + ∂y/∂params · tparams.
+    and parameter tangents ``tparams`` (k, N, F, 3K-1): ∂y/∂x · tx + ∂y/∂params · tparams (k may be 0).
 
     For no-grad evaluation (decoder Jacobians): the fused path is not differentiable. The reference path
-    is ``torch.func.jvp`` of nflows' spline.
+    is ``torch.func.jvp`` of nflows' spline. ``fused``: the caller's :func:`tangents_fusable` verdict for
+    these tensors (None: decide here).
     """
     cfg = (num_bins, float(tail_bound), float(min_bin_width), float(min_bin_height), float(min_derivative),
            float(divisor))
-    if num_bins <= 64 and x.dim() == 2 and not torch.is_grad_enabled() and can_fuse(x, params, tx, tparams):
+    if fused is None:
+        fused = num_bins <= 64 and x.dim() == 2 and tangents_fusable(x, params, tx, tparams)
+    if fused:
         x, params = x.contiguous(), params.contiguous()
         out, _ = ext.rq_forward(x, params, tidx, inverse, *cfg)
+        if tx.shape[0] == 0:
+            return out, tx
         xr, pr, txr, tpr = _rows_per_tangent(x, params, tx, tparams)
         tout, _ = ext.rq_jvp(xr, pr, tidx, txr.contiguous(), tpr.contiguous(), inverse, *cfg)
         return out, tout.view(tx.shape)
@@ -165,12 +178,16 @@ def rq_coupling_tangents(
 
 def affine_coupling_tangents(
     x: torch.Tensor, params: torch.Tensor, tidx: torch.Tensor, tx: torch.Tensor, tparams: torch.Tensor,
-    inverse: bool = False,
+    inverse: bool = False, fused: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Output of :func:`affine_coupling` (N, D) and its k tangents (k, N, D); ``tparams`` is (k, N, 2F)."""
-    if x.dim() == 2 and not torch.is_grad_enabled() and can_fuse(x, params, tx, tparams):
+    if fused is None:
+        fused = x.dim() == 2 and tangents_fusable(x, params, tx, tparams)
+    if fused:
         x, params = x.contiguous(), params.contiguous()
         out, _ = ext.affine_forward(x, params, tidx, inverse)
+        if tx.shape[0] == 0:
+            return out, tx
         xr, pr, txr, tpr = _rows_per_tangent(x, params, tx, tparams)
         tout, _ = ext.affine_jvp(xr, pr, tidx, txr.contiguous(), tpr.contiguous(), inverse)
         return out, tout.view(tx.shape)
