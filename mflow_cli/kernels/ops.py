@@ -92,7 +92,16 @@ def rq_coupling(
 def affine_coupling(
     x: torch.Tensor, params: torch.Tensor, tidx: torch.Tensor, inverse: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Affine coupling (nflows' scale = sigmoid(u + 2) + 1e-3) on features ``tidx`` of ``x`` (N, D)."""
+    """Affine coupling (nflows' scale = sigmoid(u + 2) + 1e-3) on features ``tidx`` of ``x`` (N, D).
+
+    Forward-only calls on wide rows (F >= 32 transformed features, N·F >= 16,384) take the vectorised
+    PyTorch formula: there the scalar kernel is 3–7% slower (``mflow bench``, AVX-512 CPU, one thread),
+    while with a backward pass the kernel stays 1.1–1.5× faster.
+    """
+    f = tidx.numel()
+    if (_state["enabled"] and f >= 32 and x.dim() == 2 and x.shape[0] * f >= 16384 and x.device.type == "cpu"
+            and not _records_grad(x, params)):
+        return reference.affine_coupling(x, params, tidx, inverse)
     if x.dim() == 2 and can_fuse(x, params):
         from .functions import AffineCouplingFn
 
@@ -101,18 +110,41 @@ def affine_coupling(
 
 
 def logdet_gram(jac: torch.Tensor) -> torch.Tensor:
-    """log det(JᵀJ) for a batch of thin Jacobians (B, D, d), d <= 128: Gram + Cholesky in one pass."""
+    """log det(JᵀJ) for a batch of thin Jacobians (B, D, d), d <= 128: Gram + Cholesky in one pass.
+
+    For d > 3 the kernel itself runs BLAS ``bmm`` + LAPACK Cholesky; a forward-only call there skips the
+    autograd wrapper (``_logdet_gram_lapack``), which made the fused forward 3–13% slower than the
+    reference. With a backward pass the kernel's rule (2 J (JᵀJ)⁻¹ from the factor) is 1.4–2.2× faster.
+    """
+    if (_state["enabled"] and jac.dim() == 3 and 3 < jac.shape[2] <= jac.shape[1] and jac.device.type == "cpu"
+            and jac.dtype in _FLOATS and not _records_grad(jac)):
+        return _logdet_gram_lapack(jac)
     if jac.dim() == 3 and 0 < jac.shape[2] <= min(128, jac.shape[1]) and can_fuse(jac):
         from .functions import LogdetGramFn
 
         logdet, _, info = LogdetGramFn.apply(jac.contiguous())
-        if bool(info.any()):
-            bad = int(info.nonzero()[0, 0])
-            raise torch.linalg.LinAlgError(
-                f"logdet_gram: the Gram matrix JᵀJ of batch element {bad} is not positive-definite"
-            )
+        _raise_if_singular(info)
         return logdet
     return reference.logdet_gram(jac)
+
+
+def _records_grad(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _raise_if_singular(info: torch.Tensor) -> None:
+    if bool(info.any()):
+        bad = int(info.nonzero()[0, 0])
+        raise torch.linalg.LinAlgError(
+            f"logdet_gram: the Gram matrix JᵀJ of batch element {bad} is not positive-definite"
+        )
+
+
+def _logdet_gram_lapack(jac: torch.Tensor) -> torch.Tensor:
+    """The kernel's d > 3 branch without its autograd wrapper (forward-only calls)."""
+    chol, info = torch.linalg.cholesky_ex(jac.transpose(1, 2) @ jac)
+    _raise_if_singular(info)
+    return 2.0 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
 
 
 
