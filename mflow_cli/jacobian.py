@@ -73,9 +73,11 @@ def reverse_mode_jacobian(
 
 # ---------------------------------------------------------------- forward-mode rules of mflow's flows
 #
-# State layout: one tensor S of shape (1 + k, B, ·); S[0] holds the values, S[1:] the k tangents of every
-# row. A linear map is one matmul over all 1 + k slots and a bias added to slot 0; ReLU keeps every slot
-# where the values are positive (slot 0 then becomes relu(values)), one ``threshold_backward`` call.
+# State layout: one tensor S of shape (1 + k, B, D + 1); S[0] holds the values, S[1:] the k tangents of
+# every row, and the last column is a homogeneous coordinate (1 in the values, 0 in the tangents). Every
+# linear map, bias included, is then one matmul over all slots (the bias as the matrix's last row, which
+# the tangents' 0 switches off), and ReLU is one ``threshold_backward`` that keeps every slot where the
+# values are positive (slot 0 becomes relu(values); the coordinate, 1, passes).
 
 
 def _leaves(transform: T.Transform) -> list[T.Transform]:
@@ -132,24 +134,44 @@ def _coupling_supported(leaf: T.Transform) -> bool:
 def _relu(s: torch.Tensor) -> torch.Tensor:
     if s.shape[0] == 1:
         return s.relu()
-    return torch.ops.aten.threshold_backward(s, s[0].expand_as(s), 0.0)
+    return torch.ops.aten.threshold_backward(s, s[:1], 0.0)
+
+
+def _homogeneous(linear: torch.nn.Linear, keep_one: bool | None) -> torch.Tensor:
+    """[[Wᵀ, 0], [b, 1 or 0]] (in + 1, out + 1), or [[Wᵀ], [b]] (in + 1, out) when ``keep_one`` is None."""
+    w, bias = linear.weight, linear.bias
+    cols = w.shape[0] + (keep_one is not None)
+    m = w.new_zeros(w.shape[1] + 1, cols)
+    m[:-1, : w.shape[0]] = w.T
+    m[-1, : w.shape[0]] = bias
+    if keep_one:
+        m[-1, -1] = 1
+    return m
+
+
+def _positions(idx: list[int]) -> slice | torch.Tensor:
+    step = idx[1] - idx[0] if len(idx) > 1 else 1
+    if step > 0 and idx == list(range(idx[0], idx[-1] + 1, step)):
+        return slice(idx[0], idx[-1] + 1, step)
+    return torch.tensor(idx)
 
 
 class _CouplingRule:
     """Forward-mode rule of one fused coupling step with an nflows ResidualNet conditioner: the identity half
-    passes, the conditioner runs on stacked values and tangents (transposed weights cached here), and one
-    kernel call returns the coupling's value and tangents."""
+    passes, the conditioner runs on the stacked values and tangents (homogeneous weight matrices cached
+    here), and one kernel call returns the coupling's value and tangents."""
 
     def __init__(self, leaf) -> None:
-        from .flows.fused import FusedRQCouplingTransform, _identity_part
+        from .flows.fused import FusedRQCouplingTransform
 
         net = leaf.transform_net
-        self.leaf, self.features = leaf, leaf.features
+        self.features = leaf.features
         self.blocks = list(net.blocks)
-        layers = [net.initial_layer, *(lin for b in net.blocks for lin in b.linear_layers), net.final_layer]
-        self.weights = [(lin.weight.T.contiguous(), lin.bias) for lin in layers]
-        _identity_part(leaf, leaf.identity_features.new_zeros(1, leaf.features, dtype=torch.float))
-        self.identity = leaf._identity_slice if leaf._identity_slice is not None else leaf.identity_features
+        self.initial = _homogeneous(net.initial_layer, True)
+        self.block_weights = [(_homogeneous(b.linear_layers[0], True), _homogeneous(b.linear_layers[1], False))
+                              for b in net.blocks]
+        self.final = _homogeneous(net.final_layer, None)
+        self.identity = _positions([*leaf.identity_features.tolist(), leaf.features])  # with the coordinate
         self.tidx = leaf.transform_features
         self.spline = None
         if isinstance(leaf, FusedRQCouplingTransform):
@@ -159,24 +181,15 @@ class _CouplingRule:
 
     def __call__(self, s: torch.Tensor, inverse: bool, fused: bool) -> torch.Tensor:
         slots, rows = s.shape[0], s.shape[1]
-        if s.shape[2] != self.features:
-            raise ValueError(f"Expected features = {self.features}, got {s.shape[2]}.")
-        layers = iter(self.weights)
-
-        def linear(h: torch.Tensor) -> torch.Tensor:
-            weight, bias = next(layers)
-            if slots == 1:
-                return torch.addmm(bias, h[0], weight)[None]
-            out = (h.reshape(slots * rows, -1) @ weight).view(slots, rows, -1)
-            out[0] += bias
-            return out
-
-        h = linear(s[:, :, self.identity])
-        for block in self.blocks:
+        if s.shape[2] != self.features + 1:
+            raise ValueError(f"Expected features = {self.features}, got {s.shape[2] - 1}.")
+        ident = self.identity
+        h = (s[:, :, ident] if isinstance(ident, slice) else s.index_select(2, ident)) @ self.initial
+        for block, (first, second) in zip(self.blocks, self.block_weights, strict=True):
             if block.training and block.dropout.p > 0:
                 raise RuntimeError("forward-mode Jacobian: dropout is active in a conditioner (call model.eval())")
-            h = h + linear(_relu(linear(_relu(h))))
-        cond = linear(h)
+            h = h + _relu(_relu(h) @ first) @ second
+        cond = h @ self.final
         x = s[0]
         if self.spline is not None:
             cond = cond.view(slots, rows, self.num_transform_features, -1)
@@ -190,18 +203,21 @@ class _CouplingRule:
 
 
 def _generic_tangents(leaf: T.Transform, s: torch.Tensor, inverse: bool) -> torch.Tensor:
-    """Any other layer: ``torch.func.jvp`` of it, the rows tiled once per tangent."""
+    """Any other layer: ``torch.func.jvp`` of it, the rows tiled once per tangent (coordinate column kept)."""
     k, b = s.shape[0] - 1, s.shape[1]
     fn = leaf.inverse if inverse else leaf.forward
+    v, coordinate = s[..., :-1], s[..., -1:]
     if k == 0:
-        return fn(s[0])[0][None]
-    out, tout = torch.func.jvp(lambda v: fn(v)[0], (s[0].repeat(k, 1),), (s[1:].flatten(0, 1),))
-    return torch.cat([out[None, :b], tout.view(k, b, -1)])
+        out = fn(v[0])[0][None]
+    else:
+        out, tout = torch.func.jvp(lambda z: fn(z)[0], (v[0].repeat(k, 1),), (v[1:].flatten(0, 1),))
+        out = torch.cat([out[None, :b], tout.view(k, b, -1)])
+    return torch.cat([out, coordinate], -1)
 
 
 class _Plan:
     """A CompositeTransform's pass (forward or inverse) as steps: runs of linear layers folded into one
-    ("affine", A, c); ("coupling", leaf) for steps with a rule; ("generic", leaf) for the rest."""
+    ("affine", [[A, 0], [c, 1]]); ("coupling", rule) for steps with a rule; ("generic", leaf) for the rest."""
 
     def __init__(self, flow: T.Transform, features: int, like: torch.Tensor, inverse: bool) -> None:
         self.steps: list[tuple] = []
@@ -212,14 +228,16 @@ class _Plan:
             for leaf in reversed(leaves) if inverse else leaves:
                 if _is_linear(leaf):
                     a, c = _affine_of(leaf, features, like, inverse)
-                    pending = (a, c) if pending is None else (pending[0] @ a, pending[1] @ a + c)
+                    m = like.new_zeros(features + 1, features + 1)
+                    m[:-1, :-1], m[-1, :-1], m[-1, -1] = a, c, 1
+                    pending = m if pending is None else pending @ m
                     continue
                 if pending is not None:
-                    self.steps.append(("affine", *pending))
+                    self.steps.append(("affine", pending))
                     pending = None
                 self.steps.append(("coupling", _CouplingRule(leaf)) if _coupling_supported(leaf) else ("generic", leaf))
             if pending is not None:
-                self.steps.append(("affine", *pending))
+                self.steps.append(("affine", pending))
 
 
 _plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -246,23 +264,23 @@ def flow_with_tangents(
     ``tangents`` (k, B, D), by the forward-mode rule of each layer. No-grad evaluation only (the fused
     tangent kernels are not differentiable)."""
     plan = _plan(flow, x.shape[1], x, inverse)
-    s = torch.cat([x[None], tangents])
-    fused = kernels.tangents_fusable(s)
+    slots, rows = tangents.shape[0] + 1, x.shape[0]
+    s = x.new_zeros(slots, rows, x.shape[1] + 1)
+    s[0, :, :-1] = x
+    s[1:, :, :-1] = tangents
+    s[0, :, -1] = 1
     if not plan.covered:
         s = _generic_tangents(flow, s, inverse)
-        return s[0], s[1:]
+        return s[0, :, :-1], s[1:, :, :-1]
+    fused = kernels.tangents_fusable(s)
     for step in plan.steps:
         if step[0] == "affine":
-            if s.shape[0] == 1:
-                s = torch.addmm(step[2], s[0], step[1])[None]
-            else:
-                s = s @ step[1]
-                s[0] += step[2]
+            s = s @ step[1]
         elif step[0] == "coupling":
             s = step[1](s, inverse, fused)
         else:
             s = _generic_tangents(step[1], s, inverse)
-    return s[0], s[1:]
+    return s[0, :, :-1], s[1:, :, :-1]
 
 
 def _needs_grad(flow: T.Transform, x: torch.Tensor) -> bool:
