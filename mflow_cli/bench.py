@@ -399,3 +399,105 @@ def run_bench(
         if flows:
             rows += flow_rows(max(1, repeats // 2) if not quick else repeats, quick=quick, device=device)
     return rows
+
+
+# ---------------------------------------------------------------- cost growth
+
+
+@dataclass
+class GrowthRow:
+    """One size of a cost-growth curve: seconds and peak extra resident memory (MB) per point."""
+
+    task: str
+    latent_dim: int
+    data_dim: int
+    batch: int
+    seconds_per_point: float
+    peak_mb_per_point: float
+    research_seconds_per_point: float | None = None  # the reverse-mode method, extrapolated from a few outputs
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def growth_case(task: str, latent_dim: int, data_dim: int, batch: int, repeats: int = 3) -> GrowthRow:
+    """One point of a cost-growth curve, meant for a fresh process (the peak memory is the process's growth):
+
+    - ``mflow_nll``: M-flow's exact negative log-likelihood (M-flow eq. 3, J_g by forward mode through the
+      9-step RQ coupling flow), forward and backward to all parameters;
+    - ``density``: the exact on-manifold log density of a dense stand-in for an image decoder
+      (d → 1024 → D MLP, tanh), J_g by one batched forward-mode pass, then log det(JᵀJ); the research
+      method's cost (one reverse-mode pass per output dimension) is extrapolated from 16 of the D passes.
+    """
+    from .jacobian import batched_jacobian, logdet_gram, reverse_mode_jacobian
+
+    torch.manual_seed(0)
+    research = None
+    if task == "mflow_nll":
+        from .models.manifold_flow import MFlow
+
+        model = MFlow((data_dim,), latent_dim=latent_dim)
+        x = torch.randn(batch, data_dim)
+
+        def work():
+            nll = -model.log_prob_manifold(x)[0].mean()
+            nll.backward()
+
+    elif task == "density":
+        decoder = torch.nn.Sequential(torch.nn.Linear(latent_dim, 1024), torch.nn.Tanh(),
+                                      torch.nn.Linear(1024, data_dim))
+        u = torch.randn(batch, latent_dim)
+
+        def work():
+            with torch.no_grad():
+                _, jac = batched_jacobian(decoder, u)
+                return logdet_gram(jac)
+
+        outputs = 16
+
+        def research_part():
+            return reverse_mode_jacobian(lambda v: decoder(v)[:, :outputs], u)
+
+    else:
+        raise ValueError(f"task must be mflow_nll or density, got {task!r}")
+    before = _peak_rss_mb()
+    work()  # warm-up, and the peak
+    peak = _peak_rss_mb() - before
+    seconds = _median_s(work, repeats, warmup=0)
+    if task == "density":
+        research = _median_s(research_part, repeats) * data_dim / outputs / batch
+    return GrowthRow(task, latent_dim, data_dim, batch, seconds / batch, peak / batch, research)
+
+
+def growth_rows(threads: int | None = 1) -> list[GrowthRow]:
+    """The cost-growth curves of issue 15, each size in a fresh process: M-flow exact NLL (fwd+bwd) at
+    D = 10, 40, 100, 1,000 (d = 2 and 8), and the on-manifold density at D = 12,288 with
+    d = 8, 32, 64."""
+    import json
+    import subprocess
+    import sys
+
+    cases = [("mflow_nll", d, big, 10) for big in (10, 40, 100, 1000) for d in (2, 8)]
+    cases += [("density", d, 12288, 16) for d in (8, 32, 64)]
+    rows = []
+    for task, d, big, batch in cases:
+        code = (f"import torch, json, dataclasses; torch.set_num_threads({threads or torch.get_num_threads()}); "
+                "from mflow_cli.bench import growth_case; "
+                f"print(json.dumps(dataclasses.asdict(growth_case({task!r}, {d}, {big}, {batch}))))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        rows.append(GrowthRow(**json.loads(out.stdout.strip().splitlines()[-1])))
+    return rows
+
+
+if __name__ == "__main__":  # python -m mflow_cli.bench: the cost-growth curves (minutes)
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    print("task        d      D  batch   ms/point  peak MB/point  research ms/point")
+    for r in growth_rows():
+        research = "" if r.research_seconds_per_point is None else f"{1e3 * r.research_seconds_per_point:14.1f}"
+        print(f"{r.task:10} {r.latent_dim:3} {r.data_dim:6} {r.batch:6} {1e3 * r.seconds_per_point:10.2f}"
+              f" {r.peak_mb_per_point:14.2f} {research}")

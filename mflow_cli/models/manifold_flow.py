@@ -154,7 +154,8 @@ class ManifoldFlow(Model):
     def log_prob_manifold(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """On-manifold log density at the projection of x, with the projection and its u.
 
-        Exact (M-flow eq. 3); J_g comes from one batched forward-mode pass (:mod:`mflow_cli.jacobian`).
+        Exact (M-flow eq. 3); J_g from :func:`mflow_cli.jacobian.decoder_jacobian`: one inverse pass carrying the
+        tangents by each layer's forward-mode rule (``torch.func.jvp`` when the result must stay differentiable).
         With d = D (the plain ambient flow) the manifold is R^D itself: x is its own projection and
         ½ log det(J_gᵀJ_g) = −log|det J_f|, read off the flow (no Gram matrix, which may be ill-conditioned
         far from the data).
