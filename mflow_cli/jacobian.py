@@ -166,7 +166,6 @@ class _CouplingRule:
 
         net = leaf.transform_net
         self.features = leaf.features
-        self.blocks = list(net.blocks)
         self.initial = _homogeneous(net.initial_layer, True)
         self.block_weights = [(_homogeneous(b.linear_layers[0], True), _homogeneous(b.linear_layers[1], False))
                               for b in net.blocks]
@@ -185,9 +184,7 @@ class _CouplingRule:
             raise ValueError(f"Expected features = {self.features}, got {s.shape[2] - 1}.")
         ident = self.identity
         h = (s[:, :, ident] if isinstance(ident, slice) else s.index_select(2, ident)) @ self.initial
-        for block, (first, second) in zip(self.blocks, self.block_weights, strict=True):
-            if block.training and block.dropout.p > 0:
-                raise RuntimeError("forward-mode Jacobian: dropout is active in a conditioner (call model.eval())")
+        for first, second in self.block_weights:
             h = h + _relu(_relu(h) @ first) @ second
         cond = h @ self.final
         x = s[0]
@@ -223,6 +220,8 @@ class _Plan:
         self.steps: list[tuple] = []
         leaves = _leaves(flow)
         self.covered = all(_keeps_rows(leaf) for leaf in leaves)  # else: the whole flow at once, generically
+        self.dropouts = [b.dropout for leaf in leaves if _coupling_supported(leaf) for b in leaf.transform_net.blocks
+                         if b.dropout.p > 0]
         with torch.no_grad():
             pending = None
             for leaf in reversed(leaves) if inverse else leaves:
@@ -269,7 +268,7 @@ def flow_with_tangents(
     s[0, :, :-1] = x
     s[1:, :, :-1] = tangents
     s[0, :, -1] = 1
-    if not plan.covered:
+    if not plan.covered or any(d.training for d in plan.dropouts):  # active dropout: the flow's own sampling
         s = _generic_tangents(flow, s, inverse)
         return s[0, :, :-1], s[1:, :, :-1]
     fused = kernels.tangents_fusable(s)

@@ -150,3 +150,19 @@ def test_fused_tangent_ops_match_torch_func_on_the_reference(op, inverse):
             ref_out, ref_tout = fn(x, p, tidx, tx, tp, inverse)
     assert torch.allclose(out, ref_out, atol=1e-10, rtol=0)
     assert torch.allclose(tout, ref_tout, atol=1e-9, rtol=0) and float(ref_tout.abs().max()) > 0.1
+
+
+def test_active_dropout_takes_the_flows_own_path():
+    torch.manual_seed(8)
+    flow = coupling_flow(3, 2, hidden_features=16, dropout=0.5).double().train()
+    u = torch.randn(4, 1, dtype=torch.float64)
+    with torch.no_grad():
+        torch.manual_seed(9)
+        x, jac = decoder_jacobian(flow, u, 3)
+        torch.manual_seed(9)
+        x_ref, jac_ref = batched_jacobian(_decode(flow, 1, 3), u)
+    assert torch.allclose(jac, jac_ref, atol=1e-12, rtol=0) and torch.allclose(x, x_ref, atol=1e-12, rtol=0)
+    flow.eval()  # dropout off: the rules again, the brute-force Jacobian
+    with torch.no_grad():
+        _, jac = decoder_jacobian(flow, u, 3)
+    assert torch.allclose(jac, brute_force_jacobian(_decode(flow, 1, 3), u), atol=1e-10, rtol=0)
