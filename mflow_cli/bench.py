@@ -486,7 +486,7 @@ def growth_rows(threads: int | None = 1) -> list[GrowthRow]:
     for task, d, big, batch in cases:
         code = (f"import torch, json, dataclasses; torch.set_num_threads({threads or torch.get_num_threads()}); "
                 "from mflow_cli.bench import growth_case; "
-                f"print(json.dumps(dataclasses.asdict(growth_case({task!r}, {d}, {big}, {batch}))))")
+                f"print(json.dumps(dataclasses.asdict(growth_case({task!r}, {d}, {big}, {batch}, repeats=5))))")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         rows.append(GrowthRow(**json.loads(out.stdout.strip().splitlines()[-1])))
     return rows
