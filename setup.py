@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import sys
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 SOURCES_CPU = ["csrc/bindings.cpp", "csrc/cpu_ops.cpp", "csrc/cpu_vec.cpp"]
 SOURCES_CUDA = ["csrc/cuda_ops.cu"]
@@ -82,4 +82,13 @@ def _extension_build() -> dict:
     return {"ext_modules": [ext], "cmdclass": {"build_ext": OptionalBuildExt.with_options(use_ninja=True)}}
 
 
-setup(**_extension_build())
+# The recipes ship inside the package (mflow_cli/recipes in a wheel), so `mflow train dnf_spiral` works from any
+# folder after a non-editable install too; in a checkout mflow reads them from recipes/.
+PACKAGES = {
+    "packages": [*find_packages(include=["mflow_cli", "mflow_cli.*"]), "mflow_cli.recipes"],
+    "package_dir": {"mflow_cli.recipes": "recipes"},
+    "package_data": {"mflow_cli.recipes": ["*.yaml"]},
+}
+
+
+setup(**PACKAGES, **_extension_build())

@@ -1,5 +1,5 @@
 """``python -m mflow_cli`` runs the CLI."""
 
-from .cli import run
+from .app.cli import run
 
 run()

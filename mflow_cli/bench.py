@@ -314,10 +314,10 @@ def model_rows(
 def _model_rows(repeats: int, quick: bool, batch: int) -> list[ThroughputRow]:
     from .jacobian import logdet_gram, reverse_mode_jacobian
     from .metrics.manifold import ambient_grid
-    from .models.manifold_flow import DNF
+    from .models.manifold_flow import ManifoldFlow
 
     torch.manual_seed(0)
-    model = DNF((2,), outer_layers=1 if quick else 9, hidden_features=8 if quick else 100)
+    model = ManifoldFlow((2,), outer_layers=1 if quick else 9, hidden_features=8 if quick else 100)
     x = torch.randn(batch, 2, generator=torch.Generator().manual_seed(1))
     cpu = torch.device("cpu")
     with torch.no_grad():  # the same noise draw on both paths
@@ -437,9 +437,10 @@ def growth_case(task: str, latent_dim: int, data_dim: int, batch: int, repeats: 
     torch.manual_seed(0)
     research = None
     if task == "mflow_nll":
-        from .models.manifold_flow import MFlow
+        from .models.manifold_flow import ManifoldFlow
 
-        model = MFlow((data_dim,), latent_dim=latent_dim)
+        model = ManifoldFlow((data_dim,), latent_dim=latent_dim, noise_std=0.0, reconstruction_weight=1000.0,
+                             schedule="sequential")  # M-flow's settings
         x = torch.randn(batch, data_dim)
 
         def work():

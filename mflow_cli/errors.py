@@ -10,3 +10,12 @@ class ConfigError(ValueError):
     """Bad user input (argument value, recipe, file, option): a one-line message, exit code 2."""
 
     exit_code = 2
+
+
+class OutputError(Exception):
+    """A write that failed (no space left, a read-only or vanished folder): one line naming the file, exit 1.
+
+    The partial output is removed and the last checkpoint of a run is kept.
+    """
+
+    exit_code = 1

@@ -1,17 +1,24 @@
-"""All file I/O: checkpoints, HDF5 arrays, JSON/JSONL metrics, recipes on disk.
+"""File I/O shared by the library and the application: checkpoints, HDF5 arrays, JSON/JSONL metrics.
 
-Every writer is atomic (temp file in the same folder, renamed at the end), so a crash or a bad input
-never leaves a half-written output. Every reader turns a bad file into a one-line :class:`ConfigError`.
+Every writer is atomic (temp file in the same folder, renamed at the end), so a crash or a bad input never leaves
+a half-written output; temp files carry their writer's PID, and the next writer of the same file removes those of
+dead processes. A failed write (no space left, a read-only or vanished folder) is one :class:`OutputError` that
+names the file. Every reader turns a bad file into a one-line :class:`ConfigError`, and reads no more than the
+file declares: a checkpoint whose archive declares far more bytes than it holds is refused before any tensor is
+read. Files mflow appends to are never followed through symbolic links.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import logging
 import math
 import os
 import pickle
-import tempfile
+import secrets
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,10 +26,60 @@ from typing import Any
 import h5py
 import numpy as np
 import torch
-import yaml
 
-from . import __version__
-from .errors import ConfigError
+from .errors import ConfigError, OutputError
+from .version import __version__
+
+log = logging.getLogger("mflow")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_stale_temp_files(path: Path) -> list[Path]:
+    """Remove ``.NAME.<pid>.<random>.tmp`` files beside ``path`` whose writer process is dead; return them."""
+    removed = []
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2 :].split(".")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed.append(tmp)
+    if removed:
+        log.warning("removed %d temp file(s) left by a killed mflow process beside %s", len(removed), path)
+    return removed
+
+
+def describe_os_error(err: BaseException) -> str:
+    """A short reason for a failed write: 'no space left on device', 'read-only file system', ..."""
+    code = getattr(err, "errno", None)
+    if code is not None:
+        return os.strerror(code).lower()
+    return str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+
+
+@contextlib.contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Turn any failure to write ``path`` into one :class:`OutputError` naming it (and its reason)."""
+    try:
+        yield
+    except (ConfigError, OutputError):
+        raise
+    except OSError as err:
+        raise OutputError(f"cannot write {path}: {describe_os_error(err)}") from None
+    except RuntimeError as err:  # torch.save reports a full disk as "[enforce fail at inline_container.cc ...]"
+        reason = describe_os_error(err)
+        with contextlib.suppress(OSError):
+            if os.statvfs(Path(path).parent).f_bavail == 0:
+                reason = os.strerror(errno.ENOSPC).lower()
+        raise OutputError(f"cannot write {path}: {reason}") from None
 
 
 @contextlib.contextmanager
@@ -30,30 +87,33 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
     The data is flushed to disk before the rename (a power cut leaves the old file or the new one), and
-    the file gets the usual permissions (0666 minus the umask) rather than mkstemp's private 0600.
+    the file gets the usual permissions (0666 minus the umask). The temp file is removed whatever happens;
+    temp files of dead writers of the same file are removed first (:func:`remove_stale_temp_files`).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(path)
+        tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666 & ~umask))
+    try:
+        yield tmp
+        with writing(path):
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
+        with contextlib.suppress(OSError):
             os.remove(tmp)
 
 
 def refuse_overwrite(path: str | Path, force: bool) -> None:
-    if Path(path).exists() and not force:
+    if os.path.lexists(path) and not force:
         raise ConfigError(f"{path} exists; pass --force to overwrite it")
 
 
@@ -65,8 +125,26 @@ def versions() -> dict[str, str]:
 
 
 def save_torch(obj: dict, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, writing(path):
         torch.save(obj, tmp)
+
+
+def _check_archive_sizes(path: Path) -> None:
+    """Refuse a checkpoint whose zip archive declares far more bytes than the file holds (a compression bomb).
+
+    torch.save writes its archives uncompressed, so the declared sizes add up to about the file's size.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # not a zip archive (legacy format or garbage): torch.load decides
+    size = path.stat().st_size
+    if declared > 2 * size + (1 << 20):
+        raise ConfigError(
+            f"{path}: refused to load: the archive declares {declared:,} bytes in a file of {size:,} "
+            "(a compressed archive; mflow writes uncompressed checkpoints)"
+        )
 
 
 def load_torch(path: str | Path) -> dict:
@@ -74,14 +152,18 @@ def load_torch(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise ConfigError(f"{path}: unreadable checkpoint (empty file)")
+    _check_archive_sizes(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         lines = [ln.strip() for ln in str(err).splitlines() if "Unsupported" in ln or "unpickler" in ln.lower()]
         why = lines[0].split(" was not")[0] if lines else "unsupported content"
         raise ConfigError(f"{path}: refused to load: not a plain weights checkpoint ({why[:120]})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise ConfigError(f"{path}: unreadable checkpoint ({str(err).splitlines()[0][:120]})") from None
+    except Exception as err:  # a damaged archive can fail in many ways (EOFError, IndexError, RuntimeError, ...)
+        first = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+        raise ConfigError(f"{path}: unreadable checkpoint ({first})") from None
     if not isinstance(obj, dict):
         raise ConfigError(f"{path}: not an mflow checkpoint")
     return obj
@@ -91,13 +173,24 @@ def load_torch(path: str | Path) -> dict:
 
 
 def write_json(obj: Any, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, writing(path):
         tmp.write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n")
 
 
 def append_jsonl(record: dict, path: str | Path) -> None:
-    with open(path, "a") as fh:
-        fh.write(json.dumps(record, default=_jsonable) + "\n")
+    """Append one JSON line; a symbolic link at ``path`` is refused, not followed."""
+    line = (json.dumps(record, default=_jsonable) + "\n").encode()
+    with writing(path):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise ConfigError(f"{path} is a symbolic link; mflow does not write through links") from None
+            raise
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -119,13 +212,8 @@ def read_jsonl(path: str | Path) -> list[dict]:
 def truncate_jsonl(path: str | Path, max_step: int) -> None:
     """Drop records past ``max_step`` (written after the checkpoint a resume starts from)."""
     records = [r for r in read_jsonl(path) if r.get("step", 0) <= max_step]
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, writing(path):
         tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-
-
-def write_yaml(obj: dict, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(yaml.safe_dump(obj, sort_keys=False))
 
 
 def _jsonable(value: Any) -> Any:
@@ -154,22 +242,42 @@ class H5Writer:
     def __enter__(self) -> H5Writer:
         self._ctx = atomic_path(self.path)
         tmp = self._ctx.__enter__()
-        self.file = h5py.File(tmp, "w")
-        for name, shape in self.shapes.items():
-            chunk = (min(shape[0], 1024), *shape[1:]) if shape[0] > 0 else None
-            self.file.create_dataset(name, shape=shape, dtype="float32", chunks=chunk)
-        for key, value in self.attrs.items():
-            self.file.attrs[key] = value
+        self.file = None
+        try:
+            with writing(self.path):
+                self.file = h5py.File(tmp, "w")
+                for name, shape in self.shapes.items():
+                    chunk = (min(shape[0], 1024), *shape[1:]) if shape[0] > 0 else None
+                    self.file.create_dataset(name, shape=shape, dtype="float32", chunks=chunk)
+                for key, value in self.attrs.items():
+                    self.file.attrs[key] = value
+        except BaseException as err:
+            self._close()
+            self._ctx.__exit__(type(err), err, err.__traceback__)
+            raise
         return self
 
     def write(self, start: int, arrays: dict[str, torch.Tensor | np.ndarray]) -> None:
-        for name, arr in arrays.items():
-            if isinstance(arr, torch.Tensor):
-                arr = arr.detach().cpu().numpy()
-            self.file[name][start : start + len(arr)] = arr
+        """Write rows from ``start``; the first failed write raises :class:`OutputError` (nothing more is written)."""
+        with writing(self.path):
+            for name, arr in arrays.items():
+                if isinstance(arr, torch.Tensor):
+                    arr = arr.detach().cpu().numpy()
+                self.file[name][start : start + len(arr)] = arr
+                self.file.flush()
+
+    def _close(self) -> None:
+        if self.file is not None:
+            with contextlib.suppress(Exception):  # h5py may fail again closing a file on a full disk
+                self.file.close()
+            self.file = None
 
     def __exit__(self, *exc) -> None:
-        self.file.close()
+        if exc[0] is None:
+            with writing(self.path):
+                self.file.close()
+            self.file = None
+        self._close()
         self._ctx.__exit__(*exc)
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import signal
 import threading
-from collections.abc import Callable
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -114,9 +115,45 @@ class _StopRequest:
             signal.signal(sig, old)
 
 
-def _epoch_order(n: int, seed: int, phase_index: int, epoch: int) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + phase_index * 10_007 + epoch)
-    return torch.randperm(n, generator=gen)
+class BatchSource(ABC):
+    """Training rows served in shuffled batches, every row exactly once per epoch.
+
+    The loop passes each epoch its own seeded ``generator``, so an epoch's batches depend only on
+    (seed, phase, epoch): a resumed run asks for the same epoch from batch ``start`` on and gets the
+    batches the interrupted run would have seen. A source must draw its randomness from ``generator``
+    alone (never the global RNG, which the loop keeps for the model's own noise).
+    """
+
+    @abstractmethod
+    def __len__(self) -> int:
+        """Rows per epoch."""
+
+    @abstractmethod
+    def batches(self, batch_size: int, generator: torch.Generator, start: int = 0) -> Iterator[torch.Tensor]:
+        """Batches ``start``, ``start + 1``, ... of the epoch whose shuffle ``generator`` draws.
+
+        Batch b holds rows ``b * batch_size`` to ``(b + 1) * batch_size`` of the epoch's order (the
+        last may be short), so there are ``ceil(len(self) / batch_size)`` batches in an epoch.
+        """
+
+
+class TensorBatches(BatchSource):
+    """An in-memory tensor (N, *shape): each epoch is one ``randperm`` of its rows."""
+
+    def __init__(self, data: torch.Tensor) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return self.data.shape[0]
+
+    def batches(self, batch_size: int, generator: torch.Generator, start: int = 0) -> Iterator[torch.Tensor]:
+        order = torch.randperm(len(self), generator=generator)
+        for b in range(start, math.ceil(len(self) / batch_size)):
+            yield self.data[order[b * batch_size : (b + 1) * batch_size]]
+
+
+def _epoch_generator(seed: int, phase_index: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + phase_index * 10_007 + epoch)
 
 
 def _make_optimizer(model: torch.nn.Module, phase: str, config: TrainConfig, total_steps: int):
@@ -131,7 +168,7 @@ def _make_optimizer(model: torch.nn.Module, phase: str, config: TrainConfig, tot
 
 def train(
     model: torch.nn.Module,
-    data: torch.Tensor,
+    data: torch.Tensor | BatchSource,
     config: TrainConfig,
     *,
     seed: int = 0,
@@ -141,7 +178,11 @@ def train(
     batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     dist: Distributed | None = None,
 ) -> dict:
-    """Train ``model`` on ``data`` (N, *shape) through all its phases; return the final loop state.
+    """Train ``model`` on ``data`` through all its phases; return the final loop state.
+
+    ``data`` is a tensor (N, *shape) held in memory, or a :class:`BatchSource` such as a file read in
+    batches (:class:`~mflow_cli.datasets.arrays.ArrayDataset` for large files); batches are moved to
+    the model's device.
 
     ``save_checkpoint(state)`` is called every ``config.checkpoint_every`` steps, after each epoch and
     on Ctrl-C/SIGTERM, with everything needed to resume (model, optimizer, scheduler, RNG state,
@@ -157,9 +198,11 @@ class _Loop:
     """The state of one training run: where it is (phase, epoch, batch) and its optimizer."""
 
     def __init__(self, model, data, config, seed, save_checkpoint, monitor, batch_transform):
-        self.model, self.data, self.config, self.seed = model, data, config, seed
+        self.model, self.config, self.seed = model, config, seed
+        self.source = data if isinstance(data, BatchSource) else TensorBatches(data)
+        self.device = next(model.parameters()).device
         self.save, self.monitor, self.batch_transform = save_checkpoint, monitor, batch_transform
-        self.steps_per_epoch = math.ceil(data.shape[0] / config.batch_size)
+        self.steps_per_epoch = math.ceil(len(self.source) / config.batch_size)
         self.step = self.nonfinite = 0
         self.phase_index = self.epoch = self.batch = 0
         self.optimizer = self.scheduler = None
@@ -248,16 +291,16 @@ class _Loop:
 
     def _run_epoch(self, phase: str) -> None:
         cfg = self.config
-        order = _epoch_order(self.data.shape[0], self.seed, self.phase_index, self.epoch)
+        generator = _epoch_generator(self.seed, self.phase_index, self.epoch)
         sums: dict[str, float] = {}
         count = 0
-        while self.batch < self.steps_per_epoch:
+        for x in self.source.batches(cfg.batch_size, generator, start=self.batch):
             stop = self.stop.requested if self.dist is None else self.dist.any(self.stop.requested)
             if stop:
                 raise KeyboardInterrupt
-            x = self.data[order[self.batch * cfg.batch_size : (self.batch + 1) * cfg.batch_size]]
             if self.dist is not None:
                 x = self.dist.shard(x)
+            x = x.to(self.device)
             self.in_step = True
             if self.batch_transform is not None:
                 x = self.batch_transform(x)

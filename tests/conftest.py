@@ -34,7 +34,7 @@ def tiny_recipe(tmp_path: Path) -> Path:
 @pytest.fixture
 def mflow(monkeypatch):
     """Run the ``mflow`` console entry point in-process: ``mflow("train", recipe, ...)`` returns its exit code."""
-    from mflow_cli.cli import run
+    from mflow_cli.app.cli import run
 
     def call(*args) -> int:
         monkeypatch.setattr(sys, "argv", ["mflow", *map(str, args)])

@@ -81,8 +81,8 @@ def test_nwj_bound_is_tight_at_the_optimal_critic():
 
 
 def test_pae_spiral_recipe_trains_and_evaluates(tmp_path):
-    from mflow_cli.recipe import load_recipe
-    from mflow_cli.runs import evaluate_run, train_run
+    from mflow_cli.app.recipe import load_recipe
+    from mflow_cli.app.runs import evaluate_run, train_run
 
     recipe = load_recipe(
         Path(__file__).resolve().parents[1] / "recipes" / "pae_spiral.yaml",

@@ -14,8 +14,8 @@ def trained(tmp_path_factory):
     """One tiny trained run shared by the tests below."""
     import yaml
 
-    from mflow_cli.recipe import validate
-    from mflow_cli.runs import train_run
+    from mflow_cli.app.recipe import validate
+    from mflow_cli.app.runs import train_run
 
     root = tmp_path_factory.mktemp("run")
     doc = {

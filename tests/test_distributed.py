@@ -15,9 +15,9 @@ import torch
 import yaml
 
 from mflow_cli import io
+from mflow_cli.app.recipe import validate
+from mflow_cli.app.runs import build_model, train_run
 from mflow_cli.models.manifold_flow import ManifoldFlow
-from mflow_cli.recipe import validate
-from mflow_cli.runs import build_model, train_run
 
 RECIPE = {
     "name": "ddp",
@@ -34,8 +34,8 @@ NAN_AT_CALL = 3  # rank 1's third loss is NaN; rank 0's is fine
 WORKER = f"""
 import json, os, sys
 import torch
-from mflow_cli import runs
-from mflow_cli.cli import run
+from mflow_cli.app import runs
+from mflow_cli.app.cli import run
 from mflow_cli.models.manifold_flow import ManifoldFlow
 
 rank = int(os.environ["RANK"])

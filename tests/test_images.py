@@ -81,20 +81,21 @@ def test_preprocessing_inverts_and_dequantization_stays_in_the_bin(kind):
     data = ImageManifold(source="procedural", resolution=8, n_train=20, n_test=5, preprocessing=kind)
     y = data.train_data()
     levels = data.levels("train").float()
-    assert torch.allclose(data.to_levels(y), levels + 0.5, atol=1e-3)
+    assert torch.allclose(data.pixels.to_pixels(y), levels + 0.5, atol=1e-3)
     torch.manual_seed(0)
-    noisy = data.to_levels(data.batch_transform(y))
+    noisy = data.pixels.to_pixels(data.batch_transform(y))
     assert torch.equal(torch.floor(noisy + 1e-4).clamp(max=255), levels)  # same 8-bit bin
     assert (noisy - levels - 0.5).abs().mean() > 0.2  # ~ U(0, 1) spread, mean |u − ½| = ¼
 
 
-def test_log_det_preprocess_matches_autograd():
-    data = ImageManifold(source="procedural", resolution=4, preprocessing="logit")
+def test_log_jacobian_to_pixels_matches_autograd():
+    pixels = ImageManifold(source="procedural", resolution=4, preprocessing="logit").pixels
     x = torch.rand(2, 3, 4, 4, dtype=torch.float64) * 256
-    y = data.preprocess(x)
+    y = pixels.preprocess(x)
     for i in range(2):
-        jac = torch.autograd.functional.jacobian(lambda v: data.preprocess(v).reshape(-1), x[i]).reshape(48, 48)
-        assert data.log_det_preprocess(y[i : i + 1])[0].item() == pytest.approx(torch.linalg.slogdet(jac)[1].item())
+        jac = torch.autograd.functional.jacobian(lambda v: pixels.preprocess(v).reshape(-1), x[i]).reshape(48, 48)
+        got = pixels.log_jacobian_to_pixels(y[i : i + 1])[0].item()
+        assert got == pytest.approx(torch.linalg.slogdet(jac)[1].item())
 
 
 def test_procedural_manifold_has_the_stated_dimension():
@@ -156,7 +157,7 @@ TINY = {
 
 
 def tiny_overrides(name: str) -> list[str]:
-    from mflow_cli.recipe import read_yaml
+    from mflow_cli.app.recipe import read_yaml
 
     epochs = read_yaml(RECIPES / f"{name}.yaml")["train"]["epochs"]
     steps = "{manifold: 1, density: 1}" if isinstance(epochs, dict) else "1"
@@ -166,8 +167,8 @@ def tiny_overrides(name: str) -> list[str]:
 
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_image_recipe_trains_on_the_procedural_manifold(name, tmp_path):
-    from mflow_cli.recipe import load_recipe
-    from mflow_cli.runs import evaluate_run, load_run, train_run
+    from mflow_cli.app.recipe import load_recipe
+    from mflow_cli.app.runs import evaluate_run, load_run, train_run
 
     recipe = load_recipe(RECIPES / f"{name}.yaml", tiny_overrides(name))
     train_run(recipe, tmp_path / "run")

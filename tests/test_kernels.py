@@ -361,7 +361,7 @@ def test_backend_info_and_use_reference():
 def test_bench_command_prints_every_row():
     from typer.testing import CliRunner
 
-    from mflow_cli.cli import app
+    from mflow_cli.app.cli import app
 
     res = CliRunner().invoke(app, ["bench", "--quick", "-r", "1", "-t", "1"], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
@@ -387,7 +387,7 @@ def test_bench_command_prints_every_row():
 def test_bench_info_names_the_active_path():
     from typer.testing import CliRunner
 
-    from mflow_cli.cli import app
+    from mflow_cli.app.cli import app
 
     res = CliRunner().invoke(app, ["bench", "--info"], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output

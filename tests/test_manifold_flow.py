@@ -5,8 +5,10 @@ import math
 import pytest
 import torch
 
+from mflow_cli.app.catalog import MODELS
 from mflow_cli.jacobian import batched_jacobian, brute_force_jacobian, logdet_gram
-from mflow_cli.models.manifold_flow import DNF, MFlow
+
+DNF, MFlow = MODELS["dnf"].build, MODELS["mflow"].build
 
 
 def small(cls, data_shape=(2,), **kw):

@@ -8,11 +8,13 @@ from torch import nn
 
 from mflow_cli.datasets.circle import VonMisesCircle
 from mflow_cli.datasets.sphere import SphericalGaussian, VonMisesSphereMixture
-from mflow_cli.metrics.manifold import chart_metrics, evaluate_manifold
+from mflow_cli.metrics.manifold import ManifoldEvaluation, chart_metrics, evaluate_manifold
 
 
 class Oracle(nn.Module):
     """A 'model' whose on-manifold density is the simulator's, optionally rotated by ``shift`` radians."""
+
+    has_ambient_density, noise_std = False, 0.0
 
     def __init__(self, sim, shift=0.0, scale=1.0):
         super().__init__()
@@ -49,7 +51,9 @@ def test_chart_metrics_vanish_for_the_true_density(sim, size):
 
 def test_evaluate_manifold_on_sphere_oracle():
     sim = SphericalGaussian(n_test=500, epsilon=0.0)
-    metrics = evaluate_manifold(Oracle(sim), sim, manifold_grid_points=5000, n_samples=500, chart_grid_size=40)
+    metrics = evaluate_manifold(
+        Oracle(sim), sim, ManifoldEvaluation(manifold_grid_points=5000, n_samples=500, chart_grid_size=40)
+    )
     assert abs(metrics["kl_true_model"]) < 1e-6 and abs(metrics["model_mass_on_manifold"] - 1) < 2e-3
     assert abs(metrics["chart_grid_mass"] - 1) < 2e-3 and metrics["ks_density"] < 2e-3
     assert metrics["mean_sample_distance_to_manifold"] < 1e-6

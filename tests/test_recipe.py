@@ -3,8 +3,8 @@
 import pytest
 import yaml
 
+from mflow_cli.app.recipe import load_recipe, parse_overrides
 from mflow_cli.errors import ConfigError
-from mflow_cli.recipe import load_recipe, parse_overrides
 
 
 def write(tmp_path, doc, name="r.yaml"):

@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mflow_cli import datasets, metrics, models, plots  # noqa: F401  (registers everything)
+from mflow_cli.app.catalog import DATASETS, MODELS
+from mflow_cli.app.recipe import SECTIONS, TOP_LEVEL, Recipe, load_recipe, validate
 from mflow_cli.errors import ConfigError
-from mflow_cli.recipe import SECTIONS, TOP_LEVEL, Recipe, load_recipe, validate
-from mflow_cli.registry import DATASETS, MODELS
 from mflow_cli.training import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,10 +38,9 @@ BASES = [TINY] + [yaml.safe_load(p.read_text()) for p in sorted((ROOT / "recipes
 
 def _known_names() -> list[str]:
     """Every name a recipe could plausibly use: sections, registered kinds, constructor arguments."""
-    names = set(TOP_LEVEL) | set(DATASETS.names()) | set(MODELS.names())
-    for reg in (DATASETS, MODELS):
-        for name in reg.names():
-            names |= set(inspect.signature(reg.get(name)).parameters)
+    names = set(TOP_LEVEL) | set(DATASETS) | set(MODELS)
+    for target in [*DATASETS.values(), *(kind.cls for kind in MODELS.values())]:
+        names |= set(inspect.signature(target).parameters)
     names |= set(inspect.signature(TrainConfig).parameters)
     names |= {"joint", "manifold", "density", "cosine", "constant", "auto", "cpu", "cuda", "kind", "name"}
     return sorted(names)
@@ -193,7 +192,7 @@ def test_cli_prints_any_bad_key_literally_on_one_line(key):
     import io
     import sys
 
-    from mflow_cli.cli import run
+    from mflow_cli.app.cli import run
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "r.yaml"

@@ -21,10 +21,10 @@ import torch
 import yaml
 
 from mflow_cli import io
+from mflow_cli.app.recipe import validate
+from mflow_cli.app.runs import train_run
 from mflow_cli.errors import ConfigError
 from mflow_cli.models.manifold_flow import ManifoldFlow
-from mflow_cli.recipe import validate
-from mflow_cli.runs import train_run
 from mflow_cli.training import TrainingDiverged
 
 # 3 epochs x 4 batches; checkpoints after steps 3, 4 (epoch), 6, 8 (epoch), 9, 12 (epoch).
@@ -41,7 +41,7 @@ RECIPE = {
 DRIVER = """
 import io as _io, os, sys, time
 import torch
-from mflow_cli.cli import run
+from mflow_cli.app.cli import run
 from mflow_cli.models.manifold_flow import ManifoldFlow
 
 ready, go = os.environ["READY_FILE"], os.environ["GO_FILE"]
@@ -374,7 +374,7 @@ def test_killed_sample_never_leaves_a_half_written_file(workdir, straight, tmp_p
     driver = tmp_path / "sample_driver.py"
     driver.write_text(
         "import os, sys, time\n"
-        "from mflow_cli.cli import run\n"
+        "from mflow_cli.app.cli import run\n"
         "from mflow_cli.models.manifold_flow import ManifoldFlow\n"
         "calls = [0]\n"
         "sample = ManifoldFlow.sample\n"

@@ -5,13 +5,13 @@ import math
 import pytest
 import torch
 
-from mflow_cli import runs
-from mflow_cli.recipe import load_recipe
+from mflow_cli.app import runs
+from mflow_cli.app.recipe import load_recipe
 
 TINY = [
     "data.n_train=300", "data.n_test=100", "train.epochs=1", "evaluate.manifold_grid_points=400",
     "evaluate.ambient_grid_size=8", "evaluate.n_samples=200", "evaluate.chart_grid_size=12",
-    "plot.grid_size=20", "plot.n_samples=100", "plot.chart_grid_size=12",
+    "plot.grid_size=20",
 ]
 
 

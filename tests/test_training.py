@@ -5,9 +5,9 @@ import torch
 import yaml
 
 from mflow_cli import io
+from mflow_cli.app.recipe import load_recipe
+from mflow_cli.app.runs import train_run
 from mflow_cli.errors import ConfigError
-from mflow_cli.recipe import load_recipe
-from mflow_cli.runs import train_run
 from mflow_cli.training import TrainingDiverged, TrainingInterrupted, TrainingMonitor
 
 

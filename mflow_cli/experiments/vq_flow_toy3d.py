@@ -19,9 +19,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from mflow_cli.app.runs import build_dataset, load_run
 from mflow_cli.plots.common import pyplot, save
 from mflow_cli.plots.vq_flow import scatter3d
-from mflow_cli.runs import build_dataset, load_run
 
 
 def main() -> None:

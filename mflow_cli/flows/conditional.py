@@ -38,7 +38,17 @@ def bounded_log_scale(unconstrained: torch.Tensor, bound: float = 2.0) -> torch.
 
 
 class BoundedAffineCoupling(T.AffineCouplingTransform):
-    """nflows' affine coupling with scale = exp(:func:`bounded_log_scale`)."""
+    """nflows' affine coupling with scale = exp(:func:`bounded_log_scale`) (Dinh et al. 2017, eqs. 7–8).
+
+    References:
+        | Density estimation using Real NVP (Dinh et al., 2017)
+        | https://arxiv.org/abs/1605.08803
+
+    Arguments:
+        mask: Which features condition (≤ 0) and which are transformed (> 0), as in nflows.
+        transform_net_create_fn: A function (in_features, out_features) -> the conditioner network.
+        unconditional_transform: An optional transform of the conditioning features (nflows; unused here).
+    """
 
     def _scale_and_shift(self, transform_params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         unconstrained = transform_params[:, self.num_transform_features :, ...]
@@ -47,7 +57,23 @@ class BoundedAffineCoupling(T.AffineCouplingTransform):
 
 
 class BoundedMaskedAffineAutoregressive(T.MaskedAffineAutoregressiveTransform):
-    """nflows' MAF layer with scale = exp(:func:`bounded_log_scale`)."""
+    """nflows' MAF layer with scale = exp(:func:`bounded_log_scale`) (Papamakarios et al. 2017, eq. 4).
+
+    References:
+        | Masked Autoregressive Flow for Density Estimation (Papamakarios et al., 2017)
+        | https://arxiv.org/abs/1705.07057
+
+    Arguments:
+        features: The number of features.
+        hidden_features: The width of the MADE.
+        context_features: The width of the context fed to the MADE (None: unconditional).
+        num_blocks: The number of MADE blocks.
+        use_residual_blocks: Whether the MADE blocks are residual.
+        random_mask: Whether the MADE's hidden degrees are random (only without residual blocks).
+        activation: The MADE's activation function.
+        dropout_probability: The MADE's dropout probability.
+        use_batch_norm: Whether the MADE blocks use batch normalisation.
+    """
 
     def _elementwise_forward(self, inputs, autoregressive_params):
         unconstrained, shift = self._unconstrained_scale_and_shift(autoregressive_params)
@@ -65,6 +91,14 @@ class ContextResidualNet(nn.Module):
 
     nflows' own context path gates with ``F.glu``, whose forward-mode derivative has no backward in
     torch, so it cannot train through the batched Jacobian (:mod:`mflow_cli.jacobian`); this one can.
+
+    Arguments:
+        in_features: The number of inputs (without the context).
+        out_features: The number of outputs.
+        context_features: The width of the context (None: none).
+        hidden_features: The width of the residual blocks.
+        num_blocks: The number of residual blocks.
+        dropout: The dropout probability.
     """
 
     def __init__(
@@ -99,6 +133,23 @@ def conditional_flow(
     """``layers`` steps of ``kind`` on ``features`` dims, conditioned on ``context_features`` (or none).
 
     nflows convention: ``flow(x, context)`` maps data to noise and returns log|det ∂z/∂x|.
+
+    References:
+        | Density estimation using Real NVP (Dinh et al., 2017)
+        | https://arxiv.org/abs/1605.08803
+
+        | Masked Autoregressive Flow for Density Estimation (Papamakarios et al., 2017)
+        | https://arxiv.org/abs/1705.07057
+
+    Arguments:
+        features: The number of features (at least 2 for ``realnvp``).
+        layers: The number of coupling/autoregressive layers.
+        context_features: The width of the context (None: an unconditional flow).
+        kind: ``realnvp`` (affine coupling, alternating masks) or ``maf`` (masked affine autoregressive).
+        linear: The mixing before each layer: ``lu`` (permutation + LU-linear) or ``permutation``.
+        hidden_features: The width of the conditioner networks.
+        num_blocks: The number of residual blocks per conditioner.
+        dropout: The conditioners' dropout probability.
     """
     if kind == "realnvp" and features < 2:
         raise ConfigError("a RealNVP coupling flow needs at least 2 features; use kind 'maf'")

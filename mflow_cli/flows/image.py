@@ -25,7 +25,16 @@ from ..errors import ConfigError
 
 
 class HeadTransform(T.Transform):
-    """``transform`` on the first ``features`` of a flat vector, identity on the rest."""
+    """``transform`` on the first ``features`` of a flat vector, identity on the rest.
+
+    References:
+        | Flows for simultaneous manifold learning and density estimation (Brehmer & Cranmer, 2020)
+        | https://arxiv.org/abs/2003.13913
+
+    Arguments:
+        features: The number of leading features ``transform`` acts on.
+        transform: The transform of those features.
+    """
 
     def __init__(self, features: int, transform: T.Transform) -> None:
         super().__init__()
@@ -43,7 +52,15 @@ class HeadTransform(T.Transform):
 
 
 class Unflatten(T.Transform):
-    """(B, C·H·W) <-> (B, C, H, W); volume preserving."""
+    """(B, C·H·W) <-> (B, C, H, W); volume preserving.
+
+    References:
+        | Density estimation using Real NVP (Dinh et al., 2017)
+        | https://arxiv.org/abs/1605.08803
+
+    Arguments:
+        shape: The image shape (C, H, W).
+    """
 
     def __init__(self, shape: tuple[int, int, int]) -> None:
         super().__init__()
@@ -79,7 +96,7 @@ def level_output_shapes(data_shape: tuple[int, ...], levels: int) -> list[tuple[
     for level in range(levels):
         if h % 2 or w % 2:
             size = tuple(data_shape[1:])
-            raise ConfigError(f"image flow: {levels} levels need the image size {size} divisible by 2^{levels}")
+            raise ConfigError(f"levels: {levels} levels need the image size {size} divisible by 2^{levels}")
         c, h, w = 4 * c, h // 2, w // 2
         if level < levels - 1:
             shapes.append((c // 2, h, w))
@@ -114,9 +131,33 @@ def image_flow(
     linear_layers: int = 2,
     latent_dim: int = 1,
 ) -> T.Transform:
-    """Flat (B, C·H·W) -> flat, multi-scale; the first ``latent_dim`` outputs are the manifold coordinates."""
+    """Flat (B, C·H·W) -> flat, multi-scale; the first ``latent_dim`` outputs are the manifold coordinates.
+
+    References:
+        | Density estimation using Real NVP (Dinh et al., 2017)
+        | https://arxiv.org/abs/1605.08803
+
+        | Glow: Generative Flow with Invertible 1x1 Convolutions (Kingma & Dhariwal, 2018)
+        | https://arxiv.org/abs/1807.03039
+
+        | Neural Spline Flows (Durkan et al., 2019)
+        | https://arxiv.org/abs/1906.04032
+
+    Arguments:
+        steps_per_level: The number of [ActNorm, 1×1 convolution, spline coupling] steps per level.
+        levels: The number of squeeze levels (the image size must divide by 2^levels).
+        hidden_channels: The channels of the convolutional conditioner ResNets.
+        num_blocks: The number of residual blocks per conditioner.
+        spline_bins: The number of bins of the rational-quadratic splines.
+        spline_range: The splines' interval [−B, B] (linear tails outside).
+        dropout: The conditioners' dropout probability.
+        actnorm: Whether each step starts with ActNorm.
+        channel_factor: Level l contributes ``channel_factor``·2^l channels to the mixed block.
+        linear_layers: The number of LU-linear layers mixing that block (LogTanh between them).
+        latent_dim: The number d of manifold coordinates (at most the mixed block's size).
+    """
     if len(data_shape) != 3:
-        raise ConfigError(f"model.architecture: image needs image data (C, H, W), got data of shape {data_shape}")
+        raise ConfigError(f"architecture: image needs image data (C, H, W), got data of shape {data_shape}")
     c, h, w = data_shape
     multiscale = T.MultiscaleCompositeTransform(num_transforms=levels)
     shape = (c, h, w)
@@ -134,7 +175,7 @@ def image_flow(
     head = int(mask.sum())
     if head < latent_dim:
         raise ConfigError(
-            f"image flow: model.latent_dim={latent_dim} exceeds the {head} mixed dims; raise model.channel_factor"
+            f"latent_dim must be at most {head}, the image flow's mixed dims, got {latent_dim}; raise channel_factor"
         )
     order = torch.cat([torch.nonzero(mask).flatten(), torch.nonzero(~mask).flatten()])
     mixing: list[T.Transform] = [T.LULinear(head, identity_init=True)]

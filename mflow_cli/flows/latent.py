@@ -1,14 +1,17 @@
-"""Flows on a VAE's latent variable: planar, radial, Householder and NICE (with a final scaling).
+"""Flows on a VAE's latent variable: planar, radial, Householder, NICE (with a final scaling), IAF and Sylvester.
 
-Every step is a function of ``z`` (B, d) and its parameters ``params`` (B, P) or (1, P), so one class
-serves both ways of parametrising a flow-VAE posterior:
+Every step is a function of ``z`` (B, d), its parameters ``params`` (B, P) or (1, P) and the encoder's
+context ``context`` (B, H), so one class serves every way of parametrising a flow-VAE posterior:
 
 - static: the parameters are learned globally (:class:`LatentFlow` holds them as one vector);
-- dynamic: the encoder outputs them per input (Rezende & Mohamed 2015, sec. 4.1), passed in ``params``.
+- dynamic (amortised): the encoder outputs them per input (Rezende & Mohamed 2015, sec. 4.1), passed in
+  ``params``; the Sylvester steps are always amortised, as in van den Berg et al. (2018);
+- context: the IAF steps hold their MADE weights and read the encoder's hidden state h per input
+  (Kingma et al. 2016), passed in ``context``.
 
 Each step returns ``(z', log|det ∂z'/∂z|)`` with the log-determinant of shape (B,). nflows has none of
-these four as a transform whose parameters can come per input, and a VAE posterior only ever runs them
-forward (the inverse of planar/radial has no closed form), so they are written here.
+these as a transform whose parameters can come per input, and a VAE posterior only ever runs them
+forward (the inverse of planar/radial/Sylvester has no closed form), so they are written here.
 """
 
 from __future__ import annotations
@@ -18,15 +21,38 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from nflows.transforms.made import MADE
 from torch import nn
 
 from ..errors import ConfigError
 
-LatentFlowKind = Literal["none", "planar", "radial", "householder", "nice"]
+LatentFlowKind = Literal[
+    "none", "planar", "radial", "householder", "nice", "iaf", "sylvester_orthogonal", "sylvester_householder",
+    "sylvester_triangular",
+]
+SylvesterKind = Literal["orthogonal", "householder", "triangular"]
+AMORTISED_KINDS = ("sylvester_orthogonal", "sylvester_householder", "sylvester_triangular")
+
+
+def householder_reflect(y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """(I − 2vvᵀ/‖v‖²) y over the last dim (broadcasting), the reflection of Tomczak & Welling (2016), eq. 6."""
+    return y - 2 * ((y * v).sum(-1, keepdim=True) / (v.pow(2).sum(-1, keepdim=True) + 1e-12)) * v
+
+
+def householder_product(y: torch.Tensor, vectors: torch.Tensor, transpose: bool = False) -> torch.Tensor:
+    """Q y (or Qᵀ y) over the last dim, Q = H_1 ⋯ H_J from reflection vectors (…, J, D) that broadcast with y."""
+    count = vectors.shape[-2]
+    for j in range(count) if transpose else reversed(range(count)):
+        y = householder_reflect(y, vectors[..., j, :])
+    return y
 
 
 class FlowStep(nn.Module):
-    """One step z -> f(z; params). ``num_params`` is the length of its parameter vector."""
+    """One step z -> f(z; params, context). ``num_params`` is the length of its per-input parameter vector.
+
+    Arguments:
+        dim: The latent dimension d.
+    """
 
     num_params: int
 
@@ -38,7 +64,10 @@ class FlowStep(nn.Module):
         """A parameter vector close to the identity map, for static flows."""
         return 0.01 * torch.randn(self.num_params)
 
-    def forward(self, z: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, z: torch.Tensor, params: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """z' (B, d) and log|det ∂z'/∂z| (B,) for z (B, d), parameters (B or 1, P) and context (B, H)."""
         raise NotImplementedError
 
 
@@ -47,6 +76,13 @@ class PlanarStep(FlowStep):
 
     Rezende & Mohamed (2015) eqs. 10–12; û = u + (m(wᵀu) − wᵀu) w/‖w‖² with m(a) = −1 + softplus(a)
     keeps wᵀû ≥ −1, so the map is invertible (their appendix A.1).
+
+    References:
+        | Variational Inference with Normalizing Flows (Rezende & Mohamed, 2015)
+        | https://arxiv.org/abs/1505.05770
+
+    Arguments:
+        dim: The latent dimension d.
     """
 
     def __init__(self, dim: int) -> None:
@@ -62,7 +98,7 @@ class PlanarStep(FlowStep):
         u = 0.01 * torch.randn(self.dim) + math.log(math.e - 1) * w / w.pow(2).sum()
         return torch.cat([u, w, torch.zeros(1)])
 
-    def forward(self, z, params):
+    def forward(self, z, params, context=None):
         d = self.dim
         u, w, b = params[:, :d], params[:, d : 2 * d], params[:, 2 * d]
         wu = (w * u).sum(-1, keepdim=True)
@@ -78,13 +114,20 @@ class RadialStep(FlowStep):
 
     log|det| = (d − 1) log(1 + βh) + log(1 + βh + βh'(α, r) r) (Rezende & Mohamed 2015, eqs. 14–15);
     α = softplus(α'), β = −α + softplus(β') ≥ −α keeps it invertible (their appendix A.2).
+
+    References:
+        | Variational Inference with Normalizing Flows (Rezende & Mohamed, 2015)
+        | https://arxiv.org/abs/1505.05770
+
+    Arguments:
+        dim: The latent dimension d.
     """
 
     def __init__(self, dim: int) -> None:
         super().__init__(dim)
         self.num_params = dim + 2
 
-    def forward(self, z, params):
+    def forward(self, z, params, context=None):
         d = self.dim
         z0, alpha, beta = params[:, :d], F.softplus(params[:, d]), params[:, d + 1]
         beta = -alpha + F.softplus(beta)
@@ -97,7 +140,15 @@ class RadialStep(FlowStep):
 
 
 class HouseholderStep(FlowStep):
-    """z' = (I − 2vvᵀ/‖v‖²) z, a reflection: volume-preserving, log|det| = 0 (Tomczak & Welling 2016)."""
+    """z' = (I − 2vvᵀ/‖v‖²) z, a reflection: volume-preserving, log|det| = 0 (Tomczak & Welling 2016, eq. 6).
+
+    References:
+        | Improving Variational Auto-Encoders using Householder Flow (Tomczak & Welling, 2016)
+        | https://arxiv.org/abs/1611.09630
+
+    Arguments:
+        dim: The latent dimension d.
+    """
 
     def __init__(self, dim: int) -> None:
         super().__init__(dim)
@@ -106,17 +157,24 @@ class HouseholderStep(FlowStep):
     def init_params(self) -> torch.Tensor:
         return torch.randn(self.num_params)  # any v ≠ 0; its length does not matter
 
-    def forward(self, z, params):
-        v = params
-        coef = 2 * (v * z).sum(-1, keepdim=True) / (v.pow(2).sum(-1, keepdim=True) + 1e-12)
-        return z - coef * v, z.new_zeros(z.shape[0])
+    def forward(self, z, params, context=None):
+        return householder_reflect(z, params), z.new_zeros(z.shape[0])
 
 
 class NiceStep(FlowStep):
-    """Additive coupling z_b' = z_b + m(z_a), z_a' = z_a: volume-preserving (Dinh et al. 2015, eq. 6).
+    """Additive coupling z_b' = z_b + m(z_a), z_a' = z_a: volume-preserving (Dinh et al. 2014, eq. 6).
 
     ``m`` is a one-hidden-layer ReLU net whose weights are the step's parameters, so the same step runs
     static (shared weights) or dynamic (weights from the encoder). Odd steps swap the halves.
+
+    References:
+        | NICE: Non-linear Independent Components Estimation (Dinh et al., 2014)
+        | https://arxiv.org/abs/1410.8516
+
+    Arguments:
+        dim: The latent dimension d (at least 2).
+        index: The step's position; odd steps update the first half instead of the second.
+        hidden: The width of the coupling network m.
     """
 
     def __init__(self, dim: int, index: int, hidden: int = 64) -> None:
@@ -137,7 +195,7 @@ class NiceStep(FlowStep):
         w2 = 0.01 / self.hidden**0.5 * torch.randn(self.hidden * self.nb)  # small shift: near the identity
         return torch.cat([w1, torch.zeros(self.hidden), w2, torch.zeros(self.nb)])
 
-    def forward(self, z, params):
+    def forward(self, z, params, context=None):
         na, nb, hid = self.na, self.nb, self.hidden
         sizes = [na * hid, hid, hid * nb, nb]
         w1, b1, w2, b2 = torch.split(params, sizes, dim=-1)
@@ -150,7 +208,15 @@ class NiceStep(FlowStep):
 
 
 class ScalingStep(FlowStep):
-    """z' = z ⊙ exp(s), log|det| = Σ s: NICE's final diagonal scaling (Dinh et al. 2015, sec. 3.3)."""
+    """z' = z ⊙ exp(s), log|det| = Σ s: NICE's final diagonal scaling (Dinh et al. 2014, sec. 3.3).
+
+    References:
+        | NICE: Non-linear Independent Components Estimation (Dinh et al., 2014)
+        | https://arxiv.org/abs/1410.8516
+
+    Arguments:
+        dim: The latent dimension d.
+    """
 
     def __init__(self, dim: int) -> None:
         super().__init__(dim)
@@ -159,11 +225,170 @@ class ScalingStep(FlowStep):
     def init_params(self) -> torch.Tensor:
         return torch.zeros(self.num_params)
 
-    def forward(self, z, params):
+    def forward(self, z, params, context=None):
         return z * torch.exp(params), params.sum(-1).expand(z.shape[0])
 
 
-def make_steps(kind: LatentFlowKind, dim: int, length: int, nice_hidden: int = 64) -> list[FlowStep]:
+
+class IAFStep(FlowStep):
+    r"""Inverse autoregressive step z' = σ ⊙ z + (1 − σ) ⊙ m, [m, s] = MADE(z, h), σ = sigmoid(s).
+
+    Kingma et al. (2016), eqs. 11–14 and Algorithm 1: m_i and s_i depend on z_{<i} and on the encoder's
+    context h only, so ∂z'/∂z is triangular with diagonal σ and log|det| = Σ_i log σ_i. The MADE weights are
+    the step's own (global) parameters; the input enters through h, so ``num_params`` is 0. ``reverse``
+    flips the variable order (IAF reverses it between steps). The bias of s starts at +2 (σ ≈ 0.88, the
+    paper's "forget gate" initialisation) and the output weights at 0, so a step starts as a mild contraction.
+
+    References:
+        | Improved Variational Inference with Inverse Autoregressive Flow (Kingma et al., 2016)
+        | https://arxiv.org/abs/1606.04934
+
+    Arguments:
+        dim: The latent dimension d.
+        context_features: The width H of the encoder context h (0: no context).
+        hidden: The width of the MADE's hidden layers.
+        reverse: Whether this step orders the variables d, …, 1.
+    """
+
+    def __init__(self, dim: int, context_features: int, hidden: int = 64, reverse: bool = False) -> None:
+        super().__init__(dim)
+        if hidden < 1:
+            raise ConfigError(f"iaf_hidden must be >= 1, got {hidden}")
+        self.num_params, self.reverse, self.context_features = 0, reverse, context_features
+        self.made = MADE(dim, hidden, context_features=context_features or None, num_blocks=1, output_multiplier=2,
+                         use_residual_blocks=False)
+        with torch.no_grad():
+            self.made.final_layer.weight.zero_()
+            self.made.final_layer.bias.copy_(torch.tensor([0.0, 2.0]).repeat(dim))  # interleaved (m_i, s_i)
+
+    def shift_and_gate(self, z: torch.Tensor, context: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """m (B, d) and log σ (B, d) at z, in z's own order."""
+        inputs = z.flip(-1) if self.reverse else z
+        out = self.made(inputs, context if self.context_features else None).reshape(z.shape[0], self.dim, 2)
+        m, s = out[..., 0], out[..., 1]
+        if self.reverse:
+            m, s = m.flip(-1), s.flip(-1)
+        return m, F.logsigmoid(s)
+
+    def forward(self, z, params, context=None):
+        m, log_sigma = self.shift_and_gate(z, context)
+        sigma = log_sigma.exp()
+        return sigma * z + (1 - sigma) * m, log_sigma.sum(-1)
+
+    def inverse(self, z_out: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """z with f(z) = z_out, solved variable by variable (d MADE passes: the step is autoregressive)."""
+        z = torch.zeros_like(z_out)
+        for _ in range(self.dim):
+            m, log_sigma = self.shift_and_gate(z, context)
+            sigma = log_sigma.exp()
+            z = (z_out - (1 - sigma) * m) / sigma
+        return z
+
+
+class SylvesterStep(FlowStep):
+    r"""Sylvester step z' = z + Q R tanh(R̃ Qᵀ z + b), Q (d × M) with orthonormal columns, R, R̃ upper triangular.
+
+    van den Berg et al. (2018), eqs. 13–19: A = QR and B = R̃Qᵀ make det(I + A diag(h') B) =
+    Π_i (1 + h'((R̃Qᵀz + b)_i) r̃_ii r_ii), so log|det| = Σ_i log|1 + r̃_ii r_ii h'(·)_i|. The diagonals
+    r_ii = tanh(·), r̃_ii = tanh(·) keep r̃_ii r_ii > −1 ≥ −1/h', so every factor is positive and the map is
+    invertible (their Theorem 2). R takes the upper and R̃ the (transposed) lower triangle of one M × M
+    parameter matrix, as in their code. Q per variant (sec. 4):
+
+    - ``orthogonal``: M ≤ d columns, a free d × M matrix made orthonormal by the iterative procedure of
+      Björck & Bowie (their eq. 20), Q ← Q (I + ½(I − QᵀQ)) from Q/‖Q‖_F until ‖QᵀQ − I‖_max is at rounding level;
+    - ``householder``: M = d, Q = H_1 ⋯ H_R, a product of ``reflections`` Householder reflections;
+    - ``triangular``: M = d, Q the identity on even steps and the order-reversing permutation on odd ones.
+
+    Every parameter is per input (amortised): ``params`` rows [R/R̃ entries (M²), diag R (M), diag R̃ (M),
+    b (M), Q's parameters].
+
+    References:
+        | Sylvester Normalizing Flows for Variational Inference (van den Berg et al., 2018)
+        | https://arxiv.org/abs/1803.05649
+
+    Arguments:
+        dim: The latent dimension d.
+        variant: How Q is built: ``orthogonal``, ``householder`` or ``triangular``.
+        columns: The number M of orthonormal columns (``orthogonal`` only; 1..d).
+        reflections: The number R of Householder reflections in Q (``householder`` only).
+        index: The step's position (``triangular``: odd steps reverse the order).
+    """
+
+    MAX_ORTHOGONALISATION_STEPS = 100
+
+    def __init__(self, dim: int, variant: SylvesterKind, columns: int | None = None, reflections: int = 4,
+                 index: int = 0) -> None:
+        super().__init__(dim)
+        self.variant = variant
+        if variant == "orthogonal":
+            self.columns = dim if columns is None else columns
+            if not 1 <= self.columns <= dim:
+                raise ConfigError(f"sylvester_columns must be in 1..{dim}, got {self.columns}")
+            q_params = dim * self.columns
+        elif variant == "householder":
+            if reflections < 1:
+                raise ConfigError(f"sylvester_reflections must be >= 1, got {reflections}")
+            self.columns, self.reflections, q_params = dim, reflections, reflections * dim
+        elif variant == "triangular":
+            self.columns, q_params = dim, 0
+            eye = torch.eye(dim)
+            self.register_buffer("permutation", eye.flip(-1) if index % 2 else eye, persistent=False)
+        else:
+            raise ConfigError(f"unknown Sylvester variant {variant!r}")
+        m = self.columns
+        self.sizes = [m * m, m, m, m, q_params]
+        self.num_params = sum(self.sizes)
+        self.register_buffer("upper", torch.ones(m, m).triu(1), persistent=False)
+
+    def init_params(self) -> torch.Tensor:
+        """Near the identity: small off-diagonals, r_ii = r̃_ii = 0, b = 0; a random (non-degenerate) Q."""
+        m = self.columns
+        return torch.cat([0.01 * torch.randn(m * m), torch.zeros(3 * m), torch.randn(self.sizes[-1])])
+
+    def orthonormal_columns(self, q_params: torch.Tensor) -> torch.Tensor:
+        """Q (B or 1, d, M) with QᵀQ = I from the Q parameters (B or 1, ·)."""
+        if self.variant == "triangular":
+            return self.permutation.to(q_params.dtype).expand(q_params.shape[0], -1, -1)
+        if self.variant == "householder":
+            vectors = q_params.reshape(-1, 1, self.reflections, self.dim)
+            unit = torch.eye(self.dim, dtype=q_params.dtype, device=q_params.device).expand(len(vectors), -1, -1)
+            return householder_product(unit, vectors).transpose(1, 2)  # row c was Q e_c
+        q = q_params.reshape(-1, self.dim, self.columns)
+        q = q / q.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None]
+        eye = torch.eye(self.columns, dtype=q.dtype, device=q.device)
+        tol = 100 * torch.finfo(q.dtype).eps
+        for _ in range(self.MAX_ORTHOGONALISATION_STEPS):
+            residual = eye - q.transpose(1, 2) @ q
+            if residual.detach().abs().amax() < tol:
+                break
+            q = q @ (eye + 0.5 * residual)
+        return q
+
+    def triangular_factors(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """R, R̃ (·, M, M) and the product of their diagonals r_ii r̃_ii (·, M)."""
+        m = self.columns
+        full, diag_r, diag_rt, _, _ = torch.split(params, self.sizes, dim=-1)
+        full = full.reshape(-1, m, m)
+        diag_r, diag_rt = torch.tanh(diag_r), torch.tanh(diag_rt)
+        r = full * self.upper + torch.diag_embed(diag_r)
+        r_tilde = full.transpose(1, 2) * self.upper + torch.diag_embed(diag_rt)
+        return r, r_tilde, diag_r * diag_rt
+
+    def forward(self, z, params, context=None):
+        r, r_tilde, diag = self.triangular_factors(params)
+        bias, q_params = torch.split(params, self.sizes, dim=-1)[3:]
+        q = self.orthonormal_columns(q_params)
+        pre = (r_tilde @ (q.transpose(1, 2) @ z.unsqueeze(-1))).squeeze(-1) + bias  # R̃ Qᵀ z + b, (B, M)
+        h = torch.tanh(pre)
+        out = z + (q @ (r @ h.unsqueeze(-1))).squeeze(-1)
+        logdet = torch.log((1 + diag * (1 - h.pow(2))).abs()).sum(-1)
+        return out, logdet
+
+
+def make_steps(
+    kind: LatentFlowKind, dim: int, length: int, *, nice_hidden: int = 64, iaf_hidden: int = 64,
+    context_features: int = 0, sylvester_columns: int | None = None, sylvester_reflections: int = 4,
+) -> list[FlowStep]:
     """The K = ``length`` steps of a flow; NICE gets its scaling step on top (when K > 0)."""
     if kind == "none" or length == 0:
         return []
@@ -175,25 +400,54 @@ def make_steps(kind: LatentFlowKind, dim: int, length: int, nice_hidden: int = 6
         return [HouseholderStep(dim) for _ in range(length)]
     if kind == "nice":
         return [NiceStep(dim, k, nice_hidden) for k in range(length)] + [ScalingStep(dim)]
+    if kind == "iaf":
+        return [IAFStep(dim, context_features, iaf_hidden, reverse=k % 2 == 1) for k in range(length)]
+    if kind in AMORTISED_KINDS:
+        variant = kind.removeprefix("sylvester_")
+        return [SylvesterStep(dim, variant, sylvester_columns, sylvester_reflections, k) for k in range(length)]
     raise ConfigError(f"unknown latent flow {kind!r}")
 
 
 class LatentFlow(nn.Module):
-    """A chain of K steps. ``dynamic=False`` holds the parameters; ``dynamic=True`` takes them per input.
+    """A chain of K steps, ``forward(z, params=None, context=None)`` -> ``(z_K, Σ_k log|det ∂z_k/∂z_{k−1}|)``.
 
-    ``forward(z, params=None)`` returns ``(z_K, Σ_k log|det ∂z_k/∂z_{k−1}|)``.
+    ``dynamic=False`` holds the step parameters as one learned vector; ``dynamic=True`` takes them per input
+    (``params``, from the encoder). The Sylvester kinds are always dynamic; IAF steps have no per-input
+    parameters and read the encoder context instead.
+
+    References:
+        | Variational Inference with Normalizing Flows (Rezende & Mohamed, 2015)
+        | https://arxiv.org/abs/1505.05770
+
+    Arguments:
+        kind: The step kind: ``none``, ``planar``, ``radial``, ``householder``, ``nice``, ``iaf``,
+            ``sylvester_orthogonal``, ``sylvester_householder`` or ``sylvester_triangular``.
+        dim: The latent dimension d.
+        length: The number of steps K.
+        dynamic: Whether the step parameters come per input from the encoder.
+        nice_hidden: The width of the NICE coupling networks.
+        iaf_hidden: The width of the IAF MADEs.
+        context_features: The width of the encoder context the IAF steps read.
+        sylvester_columns: The number M of orthonormal columns of the orthogonal Sylvester steps (default d).
+        sylvester_reflections: The number of Householder reflections in each Householder Sylvester step.
     """
 
     def __init__(
-        self, kind: LatentFlowKind, dim: int, length: int, *, dynamic: bool = False, nice_hidden: int = 64
+        self, kind: LatentFlowKind, dim: int, length: int, *, dynamic: bool = False, nice_hidden: int = 64,
+        iaf_hidden: int = 64, context_features: int = 0, sylvester_columns: int | None = None,
+        sylvester_reflections: int = 4,
     ) -> None:
         super().__init__()
-        self.kind, self.dim, self.length, self.dynamic = kind, dim, length, dynamic
-        self.steps = nn.ModuleList(make_steps(kind, dim, length, nice_hidden))
+        self.kind, self.dim, self.length = kind, dim, length
+        self.steps = nn.ModuleList(make_steps(
+            kind, dim, length, nice_hidden=nice_hidden, iaf_hidden=iaf_hidden, context_features=context_features,
+            sylvester_columns=sylvester_columns, sylvester_reflections=sylvester_reflections,
+        ))
         self.sizes = [s.num_params for s in self.steps]
         self.num_params = sum(self.sizes)
-        if not dynamic and self.steps:
-            self.params = nn.Parameter(torch.cat([s.init_params() for s in self.steps]))
+        self.dynamic = (dynamic or kind in AMORTISED_KINDS) and self.num_params > 0
+        if not self.dynamic and self.num_params > 0:
+            self.params = nn.Parameter(self.init_params())
         else:
             self.register_parameter("params", None)
 
@@ -203,18 +457,17 @@ class LatentFlow(nn.Module):
             return torch.zeros(0)
         return torch.cat([s.init_params() for s in self.steps])
 
-    def volume_preserving(self, with_scaling: bool = False) -> bool:
-        return self.kind in ("householder", "nice") and (not with_scaling or self.kind == "householder")
-
-    def forward(self, z: torch.Tensor, params: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, z: torch.Tensor, params: torch.Tensor | None = None, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         logdet = z.new_zeros(z.shape[0])
         if not self.steps:
             return z, logdet
         if params is None:
             if self.dynamic:
                 raise ConfigError("a dynamic latent flow needs params from the encoder")
-            params = self.params.unsqueeze(0)
+            params = z.new_zeros(1, 0) if self.params is None else self.params.unsqueeze(0)
         for step, p in zip(self.steps, torch.split(params, self.sizes, dim=-1), strict=True):
-            z, ld = step(z, p)
+            z, ld = step(z, p, context)
             logdet = logdet + ld
         return z, logdet

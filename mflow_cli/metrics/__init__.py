@@ -1,7 +1,7 @@
-"""Evaluators, one per model family, registered in :data:`mflow_cli.registry.EVALUATORS`."""
+"""Evaluators, one per model family, each with its options dataclass (the catalog lists them):
 
-from . import (
-    flow_vae,  # noqa: F401
-    manifold,  # noqa: F401
-    vq_flow,  # noqa: F401
-)
+- :func:`.manifold.evaluate_manifold` with :class:`.manifold.ManifoldEvaluation` (manifold models, vector data);
+- :func:`.images.evaluate_images` with :class:`.images.ImageEvaluation` (manifold models, image data);
+- :func:`.vq_flow.evaluate_vq_flow` with :class:`.vq_flow.AtlasEvaluation` (VQ-Flows and classic flows);
+- :func:`.flow_vae.evaluate_flow_vae` with :class:`.flow_vae.VariationalEvaluation` (flow-VAEs).
+"""

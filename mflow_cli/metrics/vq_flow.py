@@ -1,87 +1,131 @@
-"""Evaluation of VQ-Flows (and the classic flows they are compared with): likelihood, charts, samples, FID."""
+"""Evaluation of VQ-Flows (and the classic flows they are compared with, one chart): likelihood, charts,
+samples, FID (:func:`evaluate_vq_flow`, :class:`AtlasEvaluation`)."""
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import torch
 
-from ..datasets.base import Dataset, ExistingPath
-from ..registry import EVALUATORS
+from ..datasets.base import Dataset, DistanceToManifold, ExistingPath, Labelled, PixelData
+from ..models.interfaces import AtlasModel
+from .common import at_least, finite_metrics, model_device
 from .fid import cached_feature_classifier, fid_score
 
 
-def batched_log_prob(model, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+@dataclass(frozen=True)
+class AtlasEvaluation:
+    r"""What :func:`evaluate_vq_flow` computes, and the settings :func:`~mflow_cli.plots.vq_flow.plot_vq_flow`
+    shares with it.
+
+    Arguments:
+        batch_size: Points per batch of densities, chart memberships and samples (memory only).
+        n_samples: Model samples drawn for their mean distance to the true support (datasets that know
+            it; 0 skips it).
+        mass_samples: Monte-Carlo samples of the atlas's total mass.
+        fid: Compute the Fréchet distance between features of model samples and of the test data.
+        fid_samples: Model samples for the Fréchet distance.
+        fid_feature_net: A TorchScript feature network (N, ...) -> (N, F) to use; by default a small
+            classifier trained once on the training data and cached.
+        fid_cache_dir: Where the default feature classifier is cached.
+        seed: Seed of the random draws (mass samples, model samples).
+    """
+
+    batch_size: int = 1000
+    n_samples: int = 2000
+    mass_samples: int = 10000
+    fid: bool = False
+    fid_samples: int = 1000
+    fid_feature_net: ExistingPath | None = None
+    fid_cache_dir: str = "runs/.fid_cache"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        at_least("batch_size", self.batch_size, 1)
+        at_least("n_samples", self.n_samples, 0)
+        at_least("mass_samples", self.mass_samples, 1)
+        at_least("fid_samples", self.fid_samples, 2)
+
+
+def batched_log_prob(model: AtlasModel, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """log p(x) (N,) in batches."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     with torch.no_grad():
         return torch.cat([model.log_prob(c.to(device)).cpu() for c in torch.split(x, batch_size)])
 
 
-def to_images(dataset: Dataset, x: torch.Tensor) -> torch.Tensor:
-    """Model-space values as displayable images in [0, 1] where the dataset knows how; else unchanged."""
-    convert = getattr(dataset, "to_images", None)
-    return convert(x) if convert is not None else x
+def feature_inputs(dataset: Dataset, x: torch.Tensor) -> torch.Tensor:
+    """What the FID feature network sees: images in [0, 1] for :class:`PixelData` datasets, else the values."""
+    return dataset.pixels.to_images(x) if isinstance(dataset, PixelData) else x
 
 
 def feature_network(dataset: Dataset, feature_net: str | None, cache_dir: str):
     """The user's TorchScript feature network, else the cached small classifier for this dataset."""
     if feature_net is not None:
         return torch.jit.load(feature_net, map_location="cpu").eval()
-    images = to_images(dataset, dataset.batch_transform(dataset.train_data()))
-    labels_fn = getattr(dataset, "labels", None)
-    labels = labels_fn("train") if labels_fn is not None else None
+    images = feature_inputs(dataset, dataset.batch_transform(dataset.train_data()))
+    labels = dataset.labels("train") if isinstance(dataset, Labelled) else None
     return cached_feature_classifier(images, labels, cache_dir)
 
 
-def sample_in_batches(model, n: int, batch_size: int) -> torch.Tensor:
+def sample_in_batches(model: torch.nn.Module, n: int, batch_size: int) -> torch.Tensor:
+    """``n`` model samples drawn ``batch_size`` at a time, on the CPU."""
     with torch.no_grad():
         return torch.cat([model.sample(min(batch_size, n - s)).cpu() for s in range(0, n, batch_size)])
 
 
-@EVALUATORS.register("vq_flow")
 def evaluate_vq_flow(
-    model,
-    dataset: Dataset,
-    batch_size: int = 1000,
-    n_samples: int = 2000,
-    mass_samples: int = 10000,
-    fid: bool = False,
-    fid_samples: int = 1000,
-    fid_feature_net: ExistingPath | None = None,
-    fid_cache_dir: str = "runs/.fid_cache",
-    seed: int = 0,
-) -> dict[str, float]:
-    """Held-out log-likelihood (and bits/dim for images), chart statistics, the atlas's total mass,
-    mean distance of samples to the true support (datasets that know it) and the Fréchet distance."""
-    torch.manual_seed(seed)
+    model: AtlasModel, dataset: Dataset, options: AtlasEvaluation = AtlasEvaluation()
+) -> dict[str, float | int | None]:
+    """Held-out likelihood, chart statistics, the atlas's mass, sample distances and the Fréchet distance.
+
+    - ``n_test``: the number of test points;
+    - ``test_log_likelihood``: mean log p(x) of the test points, summed over member charts, in nats;
+    - ``test_log_likelihood_points_per_s``: test points scored per second;
+    - ``num_charts``: the number of charts K;
+    - ``atlas_mass``: Monte-Carlo estimate (``mass_samples``) of the atlas's total mass (1 when the
+      charts' densities do not overlap or leak);
+    - ``test_bits_per_dim`` (:class:`~mflow_cli.datasets.base.PixelData`): −(log p(y) + log|∂y/∂p|) / (D ln 2)
+      over 8-bit pixel values p (``pixels.log_jacobian_to_pixels``);
+    - K > 1: ``mean_charts_per_point``, the mean number of charts a test point belongs to, and
+      ``charts_used``, how many charts hold at least one test point;
+    - :class:`~mflow_cli.datasets.base.DistanceToManifold` datasets with ``n_samples`` > 0:
+      ``mean_sample_distance_to_support`` and ``mean_test_distance_to_support``, the mean distance of the
+      model samples / of the test points to the true support;
+    - ``fid`` (with ``fid``): the Fréchet distance between features of ``fid_samples`` model samples and of
+      the test data (:mod:`mflow_cli.metrics.fid`; not comparable with published FIDs).
+
+    Non-finite values are reported as None.
+    """
+    torch.manual_seed(options.seed)
+    batch_size = options.batch_size
     test = dataset.test_data()
     start = time.perf_counter()
     log_p = batched_log_prob(model, test, batch_size)
-    metrics: dict[str, float] = {
+    metrics: dict[str, float | int | None] = {
         "n_test": len(test),
         "test_log_likelihood": float(log_p.mean()),
         "test_log_likelihood_points_per_s": len(test) / (time.perf_counter() - start),
         "num_charts": model.num_charts,
-        "atlas_mass": model.chart_mass(mass_samples),
+        "atlas_mass": model.chart_mass(options.mass_samples),
     }
-    log_jac = getattr(dataset, "log_jacobian_to_pixels", None)
-    if log_jac is not None:
+    if isinstance(dataset, PixelData):
         dims = test[0].numel()
-        metrics["test_bits_per_dim"] = float(-(log_p + log_jac(test)).mean() / (dims * math.log(2)))
+        log_jacobian = dataset.pixels.log_jacobian_to_pixels(test)
+        metrics["test_bits_per_dim"] = float(-(log_p + log_jacobian).mean() / (dims * math.log(2)))
     if model.num_charts > 1:
         with torch.no_grad():
             members = torch.cat([model.membership(c.reshape(len(c), -1)) for c in torch.split(test, batch_size)])
         metrics["mean_charts_per_point"] = float(members.float().sum(1).mean())
         metrics["charts_used"] = int(members.any(0).sum())
-    distance = getattr(dataset, "distance_to_support", None)
-    if distance is not None and n_samples > 0:
-        samples = sample_in_batches(model, n_samples, batch_size)
-        metrics["mean_sample_distance_to_support"] = float(distance(samples).mean())
-        metrics["mean_test_distance_to_support"] = float(distance(test).mean())
-    if fid:
-        net = feature_network(dataset, fid_feature_net, fid_cache_dir)
-        samples = to_images(dataset, sample_in_batches(model, fid_samples, batch_size))
-        metrics["fid"] = fid_score(net, samples, to_images(dataset, test))
-    return {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in metrics.items()}
+    if isinstance(dataset, DistanceToManifold) and options.n_samples > 0:
+        samples = sample_in_batches(model, options.n_samples, batch_size)
+        metrics["mean_sample_distance_to_support"] = float(dataset.distance_to_manifold(samples).mean())
+        metrics["mean_test_distance_to_support"] = float(dataset.distance_to_manifold(test).mean())
+    if options.fid:
+        net = feature_network(dataset, options.fid_feature_net, options.fid_cache_dir)
+        samples = feature_inputs(dataset, sample_in_batches(model, options.fid_samples, batch_size))
+        metrics["fid"] = fid_score(net, samples, feature_inputs(dataset, test))
+    return finite_metrics(metrics)

@@ -1,12 +1,10 @@
-"""Model families register their kinds in :data:`mflow_cli.registry.MODELS` on import."""
+"""Generative models: manifold flows (M-flow, PIE, DNF), the auto-encoder baselines, flow-VAEs and VQ-Flows.
 
-from . import (
-    flow_vae,  # noqa: F401
-    manifold_flow,  # noqa: F401
-    vq_flow,  # noqa: F401
-)
-from .base import Model, variant
-from .infomax_vae import InfoMaxVAE  # noqa: F401
-from .pae import ProbabilisticAutoEncoder  # noqa: F401
+Each model is an :class:`~mflow_cli.models.base.Model` (phases, loss, sample, encode) and declares what it offers
+evaluators through the interfaces of :mod:`mflow_cli.models.interfaces`. Model kinds (``dnf``, ``mflow``, ...)
+are presets of these classes, listed in :mod:`mflow_cli.app.catalog`.
+"""
 
-__all__ = ["Model", "variant"]
+from .base import Model
+
+__all__ = ["Model"]

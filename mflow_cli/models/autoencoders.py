@@ -1,4 +1,4 @@
-"""Encoder/decoder networks and the shared density of the auto-encoder baselines (PAE, InfoMax VAE).
+"""Encoder/decoder networks and the shared set-up and density of the auto-encoder baselines (PAE, InfoMax VAE).
 
 Both baselines span a learned manifold with a decoder g: R^d -> R^D and put a density p(u) on its
 latent space. Their density on the manifold follows the injective change of variables of the M-flow
@@ -9,6 +9,8 @@ the same footing: log p(g(u)) = log p(u) − ½ log det(J_gᵀ J_g), evaluated a
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -18,8 +20,19 @@ from torch import nn
 from ..errors import ConfigError
 from ..jacobian import batched_jacobian, logdet_gram
 from .base import Model
+from .interfaces import ManifoldModel
 
 Architecture = Literal["dense", "conv"]
+
+
+def mlp(sizes: list[int], activation: Callable[[], nn.Module] = nn.ReLU) -> nn.Sequential:
+    """Linear layers ``sizes[0] -> … -> sizes[-1]`` with ``activation()`` between them (none after the last)."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(activation())
+    return nn.Sequential(*layers)
 
 
 class ConvEncoder(nn.Module):
@@ -27,6 +40,10 @@ class ConvEncoder(nn.Module):
 
     With ``channels=32`` on 64×64 images this is the InfoMax-VAE encoder of the DNF benchmarks
     (32, 64, 128, 256, 256 channels, LeakyReLU 0.2).
+
+    Arguments:
+        out_features: The number of outputs.
+        channels: The channels of the first convolution, doubling per level up to 8×.
     """
 
     def __init__(self, data_shape: tuple[int, ...], out_features: int, channels: int = 32) -> None:
@@ -46,7 +63,12 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """(B, d) -> flat (B, C·R·R): a 1×1 convolution, then stride-2 4×4 transposed convolutions up to R."""
+    """(B, d) -> flat (B, C·R·R): a 1×1 convolution, then stride-2 4×4 transposed convolutions up to R.
+
+    Arguments:
+        latent_dim: The latent dimension d.
+        channels: The channels of the last hidden level, doubling per level towards the latent up to 8×.
+    """
 
     def __init__(self, latent_dim: int, data_shape: tuple[int, ...], channels: int = 32) -> None:
         super().__init__()
@@ -67,7 +89,7 @@ class ConvDecoder(nn.Module):
 def _halvings(h: int, w: int) -> int:
     steps = int(math.log2(h)) if h > 0 else 0
     if h != w or h < 4 or 2**steps != h:
-        raise ConfigError(f"model.architecture: conv needs square images with a power-of-2 size >= 4, got {h}×{w}")
+        raise ConfigError(f"architecture: conv needs square images with a power-of-2 size >= 4, got {h}×{w}")
     return steps
 
 
@@ -78,7 +100,7 @@ def make_encoder(
     """Encoder from data (B, *data_shape) to (B, out_features)."""
     if architecture == "conv":
         if len(data_shape) != 3:
-            raise ConfigError(f"model.architecture: conv needs image data (C, H, W), got shape {data_shape}")
+            raise ConfigError(f"architecture: conv needs image data (C, H, W), got shape {data_shape}")
         return ConvEncoder(data_shape, out_features, channels)
     dim = int(torch.Size(data_shape).numel())
     return nn.Sequential(
@@ -98,25 +120,60 @@ def make_decoder(
     return ResidualNet(latent_dim, dim, hidden_features, num_blocks=num_blocks, dropout_probability=dropout)
 
 
-class AutoEncoderModel(Model):
-    """What the PAE and the InfoMax VAE share: a decoder manifold with a latent density.
+class AutoEncoderModel(Model, ManifoldModel):
+    """What the PAE and the InfoMax VAE share: an encoder, a decoder manifold g and a latent density.
 
-    Subclasses set ``encoder_mean`` (data -> u), ``decoder`` (u -> flat x), ``latent_log_prob(u)`` and
-    ``sample_latent(n)``.
+    The constructor builds ``encoder`` (data -> ``encoder_features``) and ``decoder`` (u -> flat x) with
+    :func:`make_encoder` / :func:`make_decoder`; subclasses give ``encoder_mean`` (data -> u),
+    ``latent_log_prob(u)`` and ``sample_latent(n)``. The density lives on the decoder's manifold only.
+
+    Arguments:
+        latent_dim: The latent (manifold) dimension d.
+        encoder_features: The encoder's output width (d for a point estimate, 2d for a Gaussian posterior).
+        architecture: The encoder/decoder networks: ``dense`` (residual MLPs) or ``conv``.
+        hidden_features: The width of the dense residual networks.
+        num_blocks: The number of residual blocks of the dense encoder and decoder.
+        channels: The channels of the convolutional networks' first level.
+        dropout: The dropout probability of the dense networks.
+        noise_std: The Gaussian noise std the model trains its reconstruction on (0: none).
     """
 
-    family = "manifold"
-    decoder: nn.Module
+    has_ambient_density = False
 
+    def __init__(
+        self,
+        data_shape: tuple[int, ...],
+        latent_dim: int,
+        encoder_features: int,
+        architecture: Architecture,
+        hidden_features: int,
+        num_blocks: int,
+        channels: int,
+        dropout: float,
+        noise_std: float,
+    ) -> None:
+        super().__init__()
+        if latent_dim < 1:
+            raise ConfigError(f"latent_dim must be >= 1, got {latent_dim}")
+        self.data_shape = tuple(data_shape)
+        self.data_dim = int(torch.Size(self.data_shape).numel())
+        self.latent_dim, self.noise_std = latent_dim, noise_std
+        nets = dict(architecture=architecture, hidden_features=hidden_features, num_blocks=num_blocks,
+                    channels=channels, dropout=dropout)
+        self.encoder = make_encoder(self.data_shape, encoder_features, **nets)
+        self.decoder = make_decoder(latent_dim, self.data_shape, **nets)
+
+    @abstractmethod
     def encoder_mean(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The manifold coordinates u = e(x) (B, d) of data (B, *data_shape)."""
 
+    @abstractmethod
     def latent_log_prob(self, u: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """log p(u) (B,) of latents u (B, d)."""
 
+    @abstractmethod
     def sample_latent(self, n: int) -> torch.Tensor:
-        raise NotImplementedError
-
+        """n latents u ~ p(u), (n, d)."""
     def decode(self, u: torch.Tensor) -> torch.Tensor:
         """g(u): a point on the learned manifold, flat (B, D)."""
         return self.decoder(u)

@@ -4,9 +4,11 @@ q₀(z₀|x) = N(μ(x), diag σ²(x)), z_K = f_K ∘ … ∘ f₁(z₀), and (Re
 
     ELBO(x) = E_q₀[ log p(x|z_K) + log p(z_K) − log q₀(z₀|x) + Σ_k log|det ∂f_k/∂z_{k−1}| ],
 
-estimated with reparametrized samples; p(z) = N(0, I). With K = 0 (or ``flow: none``) this is the plain VAE
-of Kingma & Welling (2014). Three variants (the fmu2/flow-VAE code): static flows (parameters learned
-globally), dynamic flows (the encoder outputs them per input) and a convolutional static model.
+estimated with reparametrized samples; p(z) = N(0, I). With K = 0 (or ``posterior_flow: none``) this is the
+plain VAE of Kingma & Welling (2014). The fmu2/flow-VAE variants are constructor options: static flows
+(parameters learned globally), dynamic flows (``dynamic``: the encoder outputs them per input) and a
+convolutional model (``architecture: conv``). The IAF steps read the encoder's last hidden layer h as their
+context, and the Sylvester steps always take their parameters from the encoder (both amortised).
 
 Likelihoods p(x|z): Bernoulli (binarized images), Gaussian with a per-pixel learned scale (dequantized,
 optionally logit-transformed images) and the discretized logistic of PixelCNN++ over 256 bins on [0, 1].
@@ -23,8 +25,9 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..flows.latent import LatentFlow, LatentFlowKind
-from ..registry import MODELS
-from .base import Model, standard_normal_log_prob, variant
+from .autoencoders import mlp
+from .base import Model, standard_normal_log_prob
+from .interfaces import VariationalModel
 
 Likelihood = Literal["bernoulli", "gaussian", "logistic"]
 MIN_LOG_SCALE = -7.0
@@ -52,31 +55,68 @@ def discretized_logistic_log_prob(x: torch.Tensor, mean: torch.Tensor, log_scale
     return out.sum(-1)
 
 
-def _mlp(sizes: list[int]) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
+class FlowVAE(Model, VariationalModel):
+    r"""A VAE whose Gaussian posterior q₀(z|x) is followed by a K-step normalizing flow on the latent.
 
+    References:
+        | Auto-Encoding Variational Bayes (Kingma & Welling, 2014)
+        | https://arxiv.org/abs/1312.6114
 
-class FlowVAE(Model):
-    """A VAE with a K-step latent flow; ``dynamic`` and ``architecture`` pick the fmu2 variant."""
+        | Variational Inference with Normalizing Flows (Rezende & Mohamed, 2015)
+        | https://arxiv.org/abs/1505.05770
 
-    family = "flow_vae"
+        | Improving Variational Auto-Encoders using Householder Flow (Tomczak & Welling, 2016)
+        | https://arxiv.org/abs/1611.09630
+
+        | NICE: Non-linear Independent Components Estimation (Dinh et al., 2014)
+        | https://arxiv.org/abs/1410.8516
+
+        | Improved Variational Inference with Inverse Autoregressive Flow (Kingma et al., 2016)
+        | https://arxiv.org/abs/1606.04934
+
+        | Sylvester Normalizing Flows for Variational Inference (van den Berg et al., 2018)
+        | https://arxiv.org/abs/1803.05649
+
+    Arguments:
+        latent_dim: The latent dimension d.
+        posterior_flow: The flow on the posterior's latent: ``none`` (a plain VAE), ``planar``, ``radial``,
+            ``householder``, ``nice``, ``iaf``, ``sylvester_orthogonal``, ``sylvester_householder`` or
+            ``sylvester_triangular``.
+        posterior_layers: The number of flow steps K (NICE adds a final scaling step).
+        dynamic: Whether the encoder outputs the flow parameters per input (amortised flow) rather than
+            learning them globally; the Sylvester flows are always amortised, IAF reads the encoder's context.
+        architecture: The encoder/decoder: ``dense`` (MLPs) or ``conv`` (two stride-2 convolutions each way,
+            images with height and width divisible by 4).
+        hidden: The hidden widths of the dense encoder (the decoder mirrors them); the last is the width of
+            the encoder's hidden state h in either architecture.
+        conv_channels: The two channel counts of the convolutional encoder (``conv``).
+        nice_hidden: The width of the NICE coupling networks.
+        iaf_hidden: The width of the IAF steps' MADE hidden layer.
+        sylvester_columns: The number M of orthonormal columns in each orthogonal Sylvester step (1..d;
+            default d).
+        sylvester_reflections: The number of Householder reflections making Q in each Householder Sylvester
+            step.
+        likelihood: The decoder p(x|z): ``bernoulli`` (binarized data), ``gaussian`` (per-pixel learned
+            scale) or ``logistic`` (256-bin discretized logistic on [0, 1]).
+        kl_warmup_steps: The number of training steps over which the KL weight β rises linearly to 1
+            (0: β = 1 throughout).
+        encode_samples: The number of posterior draws averaged by :meth:`encode`.
+    """
 
     def __init__(
         self,
         data_shape: tuple[int, ...],
         latent_dim: int = 20,
-        flow: LatentFlowKind = "none",
-        flow_length: int = 16,
+        posterior_flow: LatentFlowKind = "none",
+        posterior_layers: int = 16,
         dynamic: bool = False,
         architecture: Literal["dense", "conv"] = "dense",
         hidden: list[int] = [512, 256],  # noqa: B006  (a list so the resolved recipe is plain YAML)
         conv_channels: list[int] = [32, 64],  # noqa: B006
         nice_hidden: int = 64,
+        iaf_hidden: int = 64,
+        sylvester_columns: int | None = None,
+        sylvester_reflections: int = 4,
         likelihood: Likelihood = "bernoulli",
         kl_warmup_steps: int = 0,
         encode_samples: int = 16,
@@ -84,18 +124,27 @@ class FlowVAE(Model):
         super().__init__()
         self.data_shape = tuple(data_shape)
         self.data_dim = int(torch.Size(self.data_shape).numel())
-        if latent_dim < 1 or flow_length < 0 or not hidden or encode_samples < 1:
-            raise ConfigError("latent_dim >= 1, flow_length >= 0, encode_samples >= 1 and a hidden layer are needed")
+        if latent_dim < 1:
+            raise ConfigError(f"latent_dim must be >= 1, got {latent_dim}")
+        if posterior_layers < 0:
+            raise ConfigError(f"posterior_layers must be >= 0, got {posterior_layers}")
+        if encode_samples < 1:
+            raise ConfigError(f"encode_samples must be >= 1, got {encode_samples}")
+        if not hidden:
+            raise ConfigError("hidden must list at least one layer width")
         self.latent_dim, self.likelihood, self.architecture = latent_dim, likelihood, architecture
         self.kl_warmup_steps, self.encode_samples = kl_warmup_steps, encode_samples
-        self.flow = LatentFlow(flow, latent_dim, flow_length if flow != "none" else 0, dynamic=dynamic,
-                               nice_hidden=nice_hidden)
-        self.dynamic = dynamic and self.flow.num_params > 0
-        self.out_factor = 1 if likelihood == "bernoulli" else 2  # mean (+ log-scale) per pixel
         width = hidden[-1]
+        self.flow = LatentFlow(
+            posterior_flow, latent_dim, posterior_layers if posterior_flow != "none" else 0, dynamic=dynamic,
+            nice_hidden=nice_hidden, iaf_hidden=iaf_hidden, context_features=width,
+            sylvester_columns=sylvester_columns, sylvester_reflections=sylvester_reflections,
+        )
+        self.dynamic = self.flow.dynamic
+        self.out_factor = 1 if likelihood == "bernoulli" else 2  # mean (+ log-scale) per pixel
         if architecture == "dense":
-            self.encoder = nn.Sequential(_mlp([self.data_dim, *hidden]), nn.ReLU())
-            self.decoder = _mlp([latent_dim, *reversed(hidden), self.out_factor * self.data_dim])
+            self.encoder = nn.Sequential(mlp([self.data_dim, *hidden]), nn.ReLU())
+            self.decoder = mlp([latent_dim, *reversed(hidden), self.out_factor * self.data_dim])
         else:
             self.encoder, self.decoder = self._conv_nets(conv_channels, width)
         self.posterior_head = nn.Linear(width, 2 * latent_dim)
@@ -125,12 +174,17 @@ class FlowVAE(Model):
         return encoder, decoder
 
     # ------------------------------------------------------------------ pieces
-    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """μ (B, d), log σ² (B, d) of q₀ and the flow parameters (B, P) when the flow is dynamic."""
+    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """μ (B, d), log σ² (B, d) of q₀, the flow parameters (B, P) when the flow is dynamic (else None) and
+        the encoder's last hidden layer h (B, H), the IAF context."""
         inp = x.reshape(x.shape[0], *self.data_shape) if self.architecture == "conv" else x.reshape(x.shape[0], -1)
         h = self.encoder(inp)
         mean, log_var = self.posterior_head(h).chunk(2, dim=-1)
-        return mean, log_var, (self.flow_head(h) if self.dynamic else None)
+        return mean, log_var, (self.flow_head(h) if self.dynamic else None), h
+
+    @property
+    def posterior_flow_label(self) -> str:
+        return f"{self.flow.kind}, K = {self.flow.length}" if self.flow.length else "none (plain VAE)"
 
     def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Decoder outputs, flat (B, D): Bernoulli logits, or mean and log-scale."""
@@ -156,12 +210,12 @@ class FlowVAE(Model):
         """
         x = x.reshape(x.shape[0], -1)
         b, s, d = x.shape[0], n_samples, self.latent_dim
-        mean, log_var, params = self.posterior(x)
+        mean, log_var, params, h = self.posterior(x)
         eps = torch.randn(s, b, d, device=x.device, dtype=x.dtype)
         z0 = mean + torch.exp(0.5 * log_var) * eps
         log_q0 = gaussian_log_prob(z0, mean, log_var)
         flat_params = None if params is None else params.repeat(s, 1)
-        zk, logdet = self.flow(z0.reshape(s * b, d), flat_params)
+        zk, logdet = self.flow(z0.reshape(s * b, d), flat_params, h.repeat(s, 1))
         log_px_z = self.log_likelihood(x.repeat(s, 1), zk).reshape(s, b)
         zk, logdet = zk.reshape(s, b, d), logdet.reshape(s, b)
         log_pz = standard_normal_log_prob(zk)
@@ -169,16 +223,15 @@ class FlowVAE(Model):
         return {"log_w": log_w, "log_px_z": log_px_z, "log_pz": log_pz, "log_q0": log_q0, "logdet": logdet,
                 "z": zk, "z0": z0, "mean": mean, "log_var": log_var}
 
-    def elbo(self, x: torch.Tensor, n_samples: int = 1) -> torch.Tensor:
-        """Monte-Carlo ELBO (B,) with ``n_samples`` samples."""
-        return self.log_weights(x, n_samples)["log_w"].mean(0)
-
-    def iw_log_likelihood(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        """Importance-weighted bound log (1/k) Σ_i w_i (B,) (Burda et al. 2016); → log p(x) as k grows."""
-        return torch.logsumexp(self.log_weights(x, k)["log_w"], 0) - math.log(k)
-
     # ------------------------------------------------------------------ Model interface
     def loss(self, x: torch.Tensor, phase: str) -> tuple[torch.Tensor, dict[str, float]]:
+        r"""The negative single-draw ELBO with a KL weight β (Rezende & Mohamed 2015, eq. 20), batch mean:
+
+            −[log p(x|z_K) − β (log q₀(z₀|x) − Σ_k log|det ∂z_k/∂z_{k−1}| − log p(z_K))],
+
+        z₀ = μ(x) + σ(x) ⊙ ε, ε ~ N(0, I), z_K = f_K ∘ … ∘ f₁(z₀); β rises linearly from 1/``kl_warmup_steps``
+        to 1 over the first ``kl_warmup_steps`` training steps (β = 1 without warm-up: −ELBO).
+        """
         parts = self.log_weights(x, 1)
         kl = parts["log_q0"] - parts["logdet"] - parts["log_pz"]  # log q_K(z_K|x) − log p(z_K)
         beta = 1.0
@@ -210,13 +263,3 @@ class FlowVAE(Model):
         parts = self.log_weights(x, self.encode_samples)
         return {"latents": parts["z"].mean(0), "samples": parts["z"][0], "z0_mean": parts["mean"],
                 "z0_log_var": parts["log_var"], "elbo": parts["log_w"].mean(0)}
-
-
-MODELS.register("flow_vae")(FlowVAE)
-DynamicFlowVAE = MODELS.register("dynamic_flow_vae")(
-    variant(FlowVAE, "DynamicFlowVAE", "Flow-VAE whose encoder outputs the flow parameters per input.",
-            dynamic=True)
-)
-ConvFlowVAE = MODELS.register("conv_flow_vae")(
-    variant(FlowVAE, "ConvFlowVAE", "Convolutional flow-VAE with static flow parameters.", architecture="conv")
-)

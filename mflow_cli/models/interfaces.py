@@ -71,3 +71,12 @@ class VariationalModel(ABC):
     @abstractmethod
     def log_weights(self, x: torch.Tensor, n_samples: int = 1) -> dict[str, torch.Tensor]:
         """``log_w`` (S, B) = log p(x, z) − log q(z|x) for S posterior draws, with its parts."""
+
+    @abstractmethod
+    def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The decoder's location (B, D) (logits for Bernoulli) and log-scale (or None) at latents z (B, d)."""
+
+    @property
+    @abstractmethod
+    def posterior_flow_label(self) -> str:
+        """What the posterior flow is, for figure titles (e.g. ``radial, K = 16``; ``none``)."""

@@ -11,11 +11,12 @@ h: R^d -> R^d models the density of u. Two densities follow:
 The DNF trains the ambient density on noise-inflated data x̃ = x + σε together with the denoising
 reconstruction loss ‖x − g(u(x̃))‖²; M-flow trains the manifold on reconstruction first, then h.
 
-Kinds (``model.kind``): ``ambient_flow`` (plain ambient flow, d = D, no projection), ``pie`` (ambient
-likelihood with a narrow off-manifold Gaussian), ``mflow`` (sequential), ``me_flow`` (M-flow with a
-separate encoder u = e(x), manifold and density trained jointly on reconstruction + the exact
-on-manifold likelihood), ``dnf``. Every kind takes ``schedule``: joint, sequential (manifold phase on
-reconstruction, then the density phase on h) or alternating (one batch each, in turn).
+Kinds (``model.kind``, presets of this one class in :mod:`mflow_cli.app.catalog`): ``ambient_flow`` (plain
+ambient flow, d = D, no projection), ``pie`` (ambient likelihood with a narrow off-manifold Gaussian),
+``mflow`` (sequential), ``me_flow`` (M-flow with a separate encoder u = e(x), manifold and density trained
+jointly on reconstruction + the exact on-manifold likelihood), ``dnf``. The objectives are the functions of
+:mod:`mflow_cli.models.objectives`; which one trains in which phase follows from the configuration
+(:meth:`ManifoldFlow.objective`).
 """
 
 from __future__ import annotations
@@ -23,23 +24,58 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from nflows.nn.nets import ResidualNet
 
 from ..errors import ConfigError
 from ..flows.builders import CouplingKind, InnerKind, LinearKind, coupling_flow, inner_flow
 from ..flows.image import image_flow
-from ..jacobian import batched_jacobian, decoder_jacobian, flow_outputs, logdet_gram
-from ..registry import MODELS
-from .base import Model, standard_normal_log_prob, variant
+from ..jacobian import decoder_jacobian, flow_outputs, logdet_gram
+from . import objectives
+from .base import Model, standard_normal_log_prob
+from .interfaces import ManifoldModel
 
 Schedule = Literal["joint", "sequential", "alternating"]
 
 
-class ManifoldFlow(Model):
-    """Outer flow + projection + inner flow; the recipe's ``schedule`` picks how it trains."""
+class ManifoldFlow(Model, ManifoldModel):
+    r"""Outer flow + projection + inner flow: M-flow, Me-flow, PIE, the DNF and the plain ambient flow.
 
-    family = "manifold"
+    An outer flow f: R^D -> R^D (``layers`` coupling steps; a multi-scale convolutional flow for images) gives
+    x -> [u, v]; the decoder g(u) = f⁻¹([u, 0]) spans the learned d-dimensional manifold; an inner flow h on u
+    gives its density. ``schedule`` sets the training phases: ``joint`` (one objective for everything),
+    ``sequential`` (the manifold on reconstruction, then the density on u) or ``alternating`` (one batch each).
+
+    References:
+        | Flows for simultaneous manifold learning and density estimation (Brehmer & Cranmer, 2020)
+        | https://arxiv.org/abs/2003.13913
+        | Denoising Normalizing Flow (Horvat & Pfister, NeurIPS 2021)
+
+    Arguments:
+        latent_dim: The manifold dimension d (1 to D; null means d = D, a plain flow without a manifold).
+        outer_layers: The number of coupling steps of the outer flow f (per level for images).
+        inner_layers: The number of steps of the inner flow h on the manifold coordinates.
+        outer_transform: The outer flow's coupling: rational-quadratic splines or affine.
+        inner_transform: The inner flow's steps: masked affine autoregressive, spline or affine couplings.
+        linear: The mixing layer between steps: a permutation followed by an LU-linear map, or a permutation.
+        spline_bins: The number of bins of each rational-quadratic spline.
+        spline_range: The spline's interval [−B, B]; outside it the spline is the identity (linear tails).
+        hidden_features: The width of the conditioner networks (channels for images).
+        num_blocks: The residual blocks of each conditioner network.
+        dropout: The dropout probability in the conditioner networks.
+        noise_std: The std σ of the Gaussian inflation x̃ = x + σε applied to training batches (DNF).
+        off_manifold_std: The std of the Gaussian density of the off-manifold coordinates v (PIE/DNF).
+        nll_weight: The weight of the likelihood term.
+        reconstruction_weight: The weight β of the reconstruction error ‖x − g(u)‖².
+        latent_l2_weight: The weight of an L2 penalty on the outer flow's output [u, v] (the research code's
+            ``uvl2reg``).
+        schedule: How the phases train: joint, sequential (manifold, then density) or alternating.
+        architecture: ``dense`` coupling flows on flat vectors, or the ``image`` multi-scale flow on (C, H, W).
+        levels: The number of squeeze levels of the image flow.
+        channel_factor: How many channels of each image level join the manifold coordinates.
+        encoder: Where u comes from: the outer ``flow`` (M-flow) or a separate residual ``network`` (Me-flow).
+        encoder_blocks: The residual blocks of the Me-flow encoder.
+        encoder_hidden: The width of the Me-flow encoder.
+    """
 
     def __init__(
         self,
@@ -49,7 +85,7 @@ class ManifoldFlow(Model):
         inner_layers: int = 1,
         outer_transform: CouplingKind = "rq_coupling",
         inner_transform: InnerKind = "affine_autoregressive",
-        linear_transform: LinearKind = "lu",
+        linear: LinearKind = "lu",
         spline_bins: int = 5,
         spline_range: float = 3.0,
         hidden_features: int = 100,
@@ -73,7 +109,9 @@ class ManifoldFlow(Model):
         self.data_dim = int(torch.Size(self.data_shape).numel())
         latent_dim = self.data_dim if latent_dim is None else latent_dim
         if not 1 <= latent_dim <= self.data_dim:
-            raise ConfigError(f"latent_dim must be in 1..{self.data_dim}")
+            raise ConfigError(f"latent_dim must be in 1..{self.data_dim} (the data dimension), got {latent_dim}")
+        if not noise_std >= 0 or not off_manifold_std > 0:
+            raise ConfigError(f"noise_std must be >= 0 and off_manifold_std > 0, got {noise_std}, {off_manifold_std}")
         self.latent_dim = latent_dim
         self.noise_std = noise_std
         self.off_manifold_std = off_manifold_std
@@ -82,7 +120,7 @@ class ManifoldFlow(Model):
         self.latent_l2_weight = latent_l2_weight
         self.schedule = schedule
         common = dict(
-            linear=linear_transform, spline_bins=spline_bins, spline_range=spline_range,
+            linear=linear, spline_bins=spline_bins, spline_range=spline_range,
             hidden_features=hidden_features, num_blocks=num_blocks, dropout=dropout,
         )
         if architecture == "image":  # multi-scale conv flow on (C, H, W) data, see flows/image.py
@@ -169,48 +207,28 @@ class ManifoldFlow(Model):
         return self.latent_log_prob(u) - 0.5 * logdet_gram(jac), x_proj, u
 
     # ------------------------------------------------------------------ training
-    def _inflate(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.noise_std * torch.randn_like(x) if self.noise_std > 0 else x
+    def objective(self, phase: str) -> objectives.Objective:
+        """The objective of a training phase (:mod:`mflow_cli.models.objectives`).
+
+        ``manifold`` and ``density`` are M-flow's two phases; ``joint`` is Me-flow's objective with an encoder,
+        else the DNF's (noise or a reconstruction term) or PIE's (neither).
+        """
+        if phase == "manifold":
+            return objectives.manifold_objective
+        if phase == "density":
+            return objectives.density_objective
+        if self.encoder is not None:
+            return objectives.me_flow_objective
+        if self.noise_std > 0 or self.reconstruction_weight > 0:
+            return objectives.dnf_objective
+        return objectives.pie_objective
 
     def loss(self, x: torch.Tensor, phase: str) -> tuple[torch.Tensor, dict[str, float]]:
-        x = x.reshape(x.shape[0], -1)
+        """The phase's objective on flat x (B, D); ``alternating`` takes the manifold and density phases in turn."""
         if phase == "alternating":
             phase = "manifold" if self._alternate % 2 == 0 else "density"
             self._alternate += 1
-        noisy = self._inflate(x)
-        if phase == "density":
-            with torch.no_grad():
-                u = self.manifold_coordinates(noisy)
-            nll = -self.latent_log_prob(u).mean()
-            return self.nll_weight * nll, {"nll_latent": nll.item()}
-        nll = None
-        need_recon = self.reconstruction_weight > 0 or phase == "manifold"
-        if self.encoder is not None:  # Me-flow: reconstruction through e, exact on-manifold likelihood
-            latents = u = self.encoder(noisy)
-            if phase == "joint":
-                recon, jac = batched_jacobian(self.decode, u)
-                nll = -(self.latent_log_prob(u) - 0.5 * logdet_gram(jac)).mean()
-            else:
-                recon = self.decode(u)
-        else:
-            u, v, logdet = self.project(noisy)
-            latents = torch.cat([u, v], 1)
-            # a plain flow (d = D) reconstructs exactly; PIE does not train on reconstruction
-            recon = self.decode(u) if need_recon and self.latent_dim < self.data_dim else None
-            if phase == "joint":
-                nll = -(self.latent_log_prob(u) + standard_normal_log_prob(v, self.off_manifold_std) + logdet).mean()
-        loss = x.new_zeros(())
-        logs = {}
-        if recon is not None and need_recon:
-            mse = F.mse_loss(recon, x)
-            loss = loss + self.reconstruction_weight * mse
-            logs["mse"] = mse.item()
-        if nll is not None:
-            loss = loss + self.nll_weight * nll
-            logs["nll"] = nll.item()
-        if self.latent_l2_weight > 0:  # the research code's uvl2reg: L2 on the latents after the outer map
-            loss = loss + self.latent_l2_weight * latents.pow(2).sum(-1).mean()
-        return loss, logs
+        return self.objective(phase)(self, x.reshape(x.shape[0], -1))
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
@@ -228,38 +246,3 @@ class ManifoldFlow(Model):
                 out["log_prob_ambient"] = self.log_prob_ambient(x)
         return out
 
-    def _device(self) -> torch.device:
-        return next(self.parameters()).device
-
-
-DNF = MODELS.register("dnf")(
-    variant(
-        ManifoldFlow, "DNF", "Denoising Normalizing Flow: joint NLL on inflated data + denoising MSE.",
-        noise_std=0.1, off_manifold_std=0.1, schedule="joint",
-    )
-)
-MFlow = MODELS.register("mflow")(
-    variant(
-        ManifoldFlow, "MFlow", "M-flow: manifold on reconstruction, then the inner density (sequential).",
-        noise_std=0.0, reconstruction_weight=1000.0, schedule="sequential",
-    )
-)
-AmbientFlow = MODELS.register("ambient_flow")(
-    variant(
-        ManifoldFlow, "AmbientFlow", "Plain ambient flow on R^D (latent dim = data dim): maximum likelihood.",
-        latent_dim=None, outer_layers=5, inner_layers=0, noise_std=0.0, reconstruction_weight=0.0, schedule="joint",
-    )
-)
-PIE = MODELS.register("pie")(
-    variant(
-        ManifoldFlow, "PIE", "PIE: ambient likelihood with a narrow Gaussian (std 0.01) off the manifold, no noise.",
-        noise_std=0.0, off_manifold_std=0.01, reconstruction_weight=0.0, schedule="joint",
-    )
-)
-MeFlow = MODELS.register("me_flow")(
-    variant(
-        ManifoldFlow, "MeFlow",
-        "Me-flow: separate encoder; manifold and density trained jointly (reconstruction + on-manifold NLL).",
-        encoder="network", noise_std=0.0, reconstruction_weight=1000.0, schedule="joint",
-    )
-)

@@ -14,14 +14,36 @@ import torch
 import torch.nn.functional as F
 
 from ..flows.builders import InnerKind, LinearKind, inner_flow
-from ..registry import MODELS
-from .autoencoders import Architecture, AutoEncoderModel, make_decoder, make_encoder
+from .autoencoders import Architecture, AutoEncoderModel
 from .base import standard_normal_log_prob
 
 
-@MODELS.register("pae")
 class ProbabilisticAutoEncoder(AutoEncoderModel):
-    """Auto-encoder (dense residual or convolutional) + a flow on its latent space."""
+    r"""Auto-encoder (dense residual or convolutional) + a normalizing flow on its latent space.
+
+    References:
+        | Probabilistic Auto-Encoder (Böhm & Seljak, 2020)
+        | https://arxiv.org/abs/2006.05479
+
+    Arguments:
+        latent_dim: The latent (manifold) dimension d.
+        architecture: The encoder/decoder networks: ``dense`` (residual MLPs) or ``conv`` (convolutional,
+            square images with a power-of-2 size).
+        hidden_features: The width of the dense residual networks.
+        num_blocks: The number of residual blocks of the dense encoder and decoder.
+        channels: The channels of the first convolution (``conv``), doubling per level up to 8×.
+        inner_layers: The number of layers of the latent flow h.
+        inner_transform: The latent flow's layer: ``affine_autoregressive``, ``rq_coupling`` or
+            ``affine_coupling``.
+        linear: The mixing between flow layers: ``lu`` (permutation + LU-linear) or ``permutation``.
+        inner_hidden_features: The width of the latent flow's conditioner networks.
+        spline_bins: The number of bins of the rational-quadratic splines (``rq_coupling``).
+        spline_range: The splines' interval [−B, B] (linear tails outside).
+        dropout: The dropout probability in every network.
+        noise_std: The std of the Gaussian noise added to the auto-encoder's inputs in the manifold phase.
+        reconstruction_weight: The weight of the mean squared reconstruction error.
+        nll_weight: The weight of the latent negative log-likelihood in the density phase.
+    """
 
     def __init__(
         self,
@@ -33,7 +55,7 @@ class ProbabilisticAutoEncoder(AutoEncoderModel):
         channels: int = 32,
         inner_layers: int = 1,
         inner_transform: InnerKind = "affine_autoregressive",
-        linear_transform: LinearKind = "lu",
+        linear: LinearKind = "lu",
         inner_hidden_features: int = 100,
         spline_bins: int = 5,
         spline_range: float = 3.0,
@@ -42,17 +64,11 @@ class ProbabilisticAutoEncoder(AutoEncoderModel):
         reconstruction_weight: float = 1000.0,
         nll_weight: float = 1.0,
     ) -> None:
-        super().__init__()
-        self.data_shape = tuple(data_shape)
-        self.latent_dim = latent_dim
-        self.noise_std = noise_std
+        super().__init__(data_shape, latent_dim, latent_dim, architecture, hidden_features, num_blocks, channels,
+                         dropout, noise_std)
         self.reconstruction_weight, self.nll_weight = reconstruction_weight, nll_weight
-        nets = dict(architecture=architecture, hidden_features=hidden_features, num_blocks=num_blocks,
-                    channels=channels, dropout=dropout)
-        self.encoder = make_encoder(self.data_shape, latent_dim, **nets)
-        self.decoder = make_decoder(latent_dim, self.data_shape, **nets)
         self.inner = inner_flow(
-            latent_dim, inner_layers, kind=inner_transform, linear=linear_transform, spline_bins=spline_bins,
+            latent_dim, inner_layers, kind=inner_transform, linear=linear, spline_bins=spline_bins,
             spline_range=spline_range, hidden_features=inner_hidden_features, num_blocks=2, dropout=dropout,
         )
 
@@ -80,6 +96,12 @@ class ProbabilisticAutoEncoder(AutoEncoderModel):
         return u
 
     def loss(self, x: torch.Tensor, phase: str) -> tuple[torch.Tensor, dict[str, float]]:
+        r"""The phase's objective, averaged over the batch.
+
+        ``manifold``: λ_rec · mean ‖g(e(x + σε)) − x‖² / D (ε ~ N(0, I), σ = ``noise_std``);
+        ``density`` (encoder frozen): −λ_nll · mean log p(u), log p(u) = log N(h(u); 0, I) + log|det J_h(u)|,
+        u = e(x).
+        """
         if phase == "density":
             with torch.no_grad():
                 u = self.encoder(x)

@@ -14,18 +14,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def mlp(sizes: list[int]) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i in range(len(sizes) - 1):
-        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
-        if i < len(sizes) - 2:
-            layers.append(nn.SiLU())
-    return nn.Sequential(*layers)
+from .autoencoders import mlp
 
 
 class VQAutoencoder(nn.Module):
-    """MLP encoder/decoder around a K-code codebook; :meth:`loss` trains it, :meth:`distances` serves charts."""
+    r"""MLP encoder/decoder (SiLU) around a K-code codebook; :meth:`loss` trains it, :meth:`distances` serves charts.
+
+    References:
+        | Neural Discrete Representation Learning (van den Oord et al., 2017)
+        | https://arxiv.org/abs/1711.00937
+
+    Arguments:
+        data_dim: The data dimension D.
+        num_codes: The codebook size K.
+        code_dim: The dimension of the codes and of the encoder's output.
+        hidden_features: The width of the hidden layers.
+        hidden_layers: The number of hidden layers of the encoder and of the decoder.
+        commitment: The weight β of the commitment loss β‖E(x) − sg(v)‖².
+        usage_decay: The decay of the per-code usage moving average.
+        restart_threshold: A code whose usage average falls below ``restart_threshold``/K is restarted.
+    """
 
     def __init__(
         self,
@@ -40,8 +48,8 @@ class VQAutoencoder(nn.Module):
     ) -> None:
         super().__init__()
         hidden = [hidden_features] * hidden_layers
-        self.encoder = mlp([data_dim, *hidden, code_dim])
-        self.decoder = mlp([code_dim, *hidden, data_dim])
+        self.encoder = mlp([data_dim, *hidden, code_dim], activation=nn.SiLU)
+        self.decoder = mlp([code_dim, *hidden, data_dim], activation=nn.SiLU)
         self.codebook = nn.Parameter(torch.randn(num_codes, code_dim) * 0.1)
         self.register_buffer("usage", torch.full((num_codes,), 1.0 / num_codes))
         self.commitment, self.usage_decay, self.restart_threshold = commitment, usage_decay, restart_threshold
@@ -60,6 +68,8 @@ class VQAutoencoder(nn.Module):
         return self.decoder(self.codebook)
 
     def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        r"""mean ‖D(E(x) + sg(v − E(x))) − x‖² + mean ‖sg(E(x)) − v‖² + β mean ‖E(x) − sg(v)‖², v = v_{k*(x)}
+        (van den Oord et al. 2017, eq. 3; means over the batch and coordinates)."""
         e = self.encoder(x)
         idx = torch.cdist(e, self.codebook).argmin(1)
         v = self.codebook[idx]

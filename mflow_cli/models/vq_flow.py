@@ -14,7 +14,7 @@ one batched forward-mode pass of f_k (:mod:`mflow_cli.jacobian`) or, with ``thin
 closed form (c_k is conformal, so it is log|det J_h| − d·log s_k). Every (point, member chart) pair is
 evaluated in one batch; no loops over samples.
 
-Training has two phases: ``vq`` (the autoencoder and codebook) and ``flow`` (the chart flows, conformal
+Training has two phases: ``vq`` (the autoencoder and codebook) and ``density`` (the chart flows, conformal
 maps and chart weights on −log p(x), with the VQ part fixed). With ``num_charts: 1`` there is no VQ phase
 and the model is a classic flow (the baseline recipes ``realnvp_*``, ``maf_*``).
 
@@ -34,8 +34,8 @@ from ..errors import ConfigError
 from ..flows.conditional import FlowKind, LinearKind, conditional_flow
 from ..flows.conformal import ConditionalConformalEmbedding
 from ..jacobian import batched_jacobian, logdet_gram
-from ..registry import MODELS
-from .base import Model, standard_normal_log_prob, variant
+from .base import Model, standard_normal_log_prob
+from .interfaces import AtlasModel
 from .vq_autoencoder import VQAutoencoder
 
 ThinLogdet = Literal["jacobian", "conformal"]
@@ -48,16 +48,51 @@ def chart_membership(distances: torch.Tensor, m: int, epsilon: float) -> torch.T
     """
     k = distances.shape[1]
     if not 1 <= m <= k:
-        raise ConfigError(f"m must be in 1..{k}")
+        raise ConfigError(f"m must be in 1..{k}, got {m}")
     d_m = distances.sort(dim=1).values[:, m - 1 : m]
     nearest = nn.functional.one_hot(distances.argmin(1), k).bool()
     return (distances < (1 + epsilon) * d_m) | nearest
 
 
-class VQFlow(Model):
-    """K charts, each a context-conditioned flow + conformal map; chart centres from a VQ autoencoder."""
+class VQFlow(Model, AtlasModel):
+    r"""K charts, each a context-conditioned flow + conformal map; chart centres from a VQ autoencoder.
 
-    family = "vq_flow"
+    With ``num_charts`` = 1 it is a classic RealNVP or MAF flow (one chart, no VQ phase).
+
+    References:
+        | VQ-Flows: Vector Quantized Local Normalizing Flows (Sidheekh et al., 2022)
+        | https://arxiv.org/abs/2203.11556
+
+        | Neural Discrete Representation Learning (van den Oord et al., 2017)
+        | https://arxiv.org/abs/1711.00937
+
+        | Density estimation using Real NVP (Dinh et al., 2017)
+        | https://arxiv.org/abs/1605.08803
+
+        | Masked Autoregressive Flow for Density Estimation (Papamakarios et al., 2017)
+        | https://arxiv.org/abs/1705.07057
+
+    Arguments:
+        num_charts: The number of charts K (codebook size); 1 makes a classic flow.
+        latent_dim: The chart dimension d (default: the data dimension D).
+        m: A point belongs to chart k when d_k(x) < (1 + ε) times its m-th smallest code distance.
+        epsilon: The chart overlap ε of that rule.
+        chart_flow: The chart flow h_k: ``realnvp`` (affine coupling) or ``maf`` (masked affine autoregressive).
+        linear: The mixing between flow layers: ``lu`` (permutation + LU-linear) or ``permutation``.
+        chart_layers: The number of layers of the chart flow.
+        hidden_features: The width of the chart flow's conditioner networks.
+        num_blocks: The number of residual blocks (or MADE blocks) per conditioner.
+        dropout: The dropout probability of the conditioners.
+        num_householder: The number of Householder reflections in each conformal map's rotation.
+        thin_logdet: How ½ log det(J_f J_fᵀ) is computed when d < D: ``jacobian`` (batched forward-mode
+            Jacobian, paper eq. 2 as written) or ``conformal`` (closed form, log|det J_h| − d log s).
+        centre_offset: Whether each chart's conformal map is shifted to its decoded centre D(v_k) (K > 1).
+        code_dim: The dimension of the VQ codes v_k (the chart flows' context).
+        vq_hidden_features: The width of the VQ autoencoder's hidden layers.
+        vq_hidden_layers: The number of hidden layers of the VQ encoder and decoder.
+        commitment: The weight β of the VQ commitment loss.
+        restart_threshold: A code whose usage EMA falls below this fraction of 1/K is restarted.
+    """
 
     def __init__(
         self,
@@ -66,9 +101,9 @@ class VQFlow(Model):
         latent_dim: int | None = None,
         m: int = 1,
         epsilon: float = 0.2,
-        flow: FlowKind = "realnvp",
+        chart_flow: FlowKind = "realnvp",
         linear: LinearKind = "lu",
-        layers: int = 6,
+        chart_layers: int = 6,
         hidden_features: int = 64,
         num_blocks: int = 2,
         dropout: float = 0.0,
@@ -86,9 +121,9 @@ class VQFlow(Model):
         self.data_dim = int(torch.Size(self.data_shape).numel())
         self.latent_dim = self.data_dim if latent_dim is None else latent_dim
         if not 1 <= self.latent_dim <= self.data_dim:
-            raise ConfigError(f"latent_dim must be in 1..{self.data_dim}")
+            raise ConfigError(f"latent_dim must be in 1..{self.data_dim}, got {self.latent_dim}")
         if num_charts < 1:
-            raise ConfigError("num_charts must be >= 1")
+            raise ConfigError(f"num_charts must be >= 1, got {num_charts}")
         self.num_charts, self.m, self.epsilon = num_charts, min(m, num_charts), epsilon
         self.thin_logdet, self.centre_offset = thin_logdet, centre_offset and num_charts > 1
         self.vq = VQAutoencoder(
@@ -96,7 +131,7 @@ class VQFlow(Model):
             hidden_layers=vq_hidden_layers, commitment=commitment, restart_threshold=restart_threshold,
         )
         self.flow = conditional_flow(
-            self.latent_dim, layers, code_dim, kind=flow, linear=linear, hidden_features=hidden_features,
+            self.latent_dim, chart_layers, code_dim, kind=chart_flow, linear=linear, hidden_features=hidden_features,
             num_blocks=num_blocks, dropout=dropout,
         )
         self.conformal = ConditionalConformalEmbedding(self.latent_dim, self.data_dim, code_dim, num_householder)
@@ -106,7 +141,7 @@ class VQFlow(Model):
     @classmethod
     def phase_names(cls, **config) -> list[str]:
         num_charts = config.get("num_charts", inspect.signature(cls).parameters["num_charts"].default)
-        return ["vq", "flow"] if num_charts > 1 else ["flow"]
+        return ["vq", "density"] if num_charts > 1 else ["density"]
 
     def phases(self) -> list[str]:
         return self.phase_names(num_charts=self.num_charts)
@@ -173,6 +208,11 @@ class VQFlow(Model):
 
     # ------------------------------------------------------------------ training
     def loss(self, x: torch.Tensor, phase: str) -> tuple[torch.Tensor, dict[str, float]]:
+        r"""The phase's objective, averaged over the batch.
+
+        ``vq``: the VQ autoencoder's loss (:meth:`VQAutoencoder.loss`); ``density``: the negative atlas
+        log-likelihood (paper eq. 2) −log Σ_{k: x ∈ U_k} p_k |det(J f_k J f_kᵀ)|^{1/2} q(f_k(x)).
+        """
         x = x.reshape(x.shape[0], -1)
         if phase == "vq":
             return self.vq.loss(x)
@@ -217,10 +257,3 @@ class VQFlow(Model):
                 "chart_posterior": post,
                 "log_prob": log_p,
             }
-
-
-ClassicFlow = MODELS.register("classic_flow")(
-    variant(VQFlow, "ClassicFlow", "A classic flow (RealNVP or MAF): VQ-Flow with one chart and no VQ phase.",
-            num_charts=1)
-)
-MODELS.register("vq_flow")(VQFlow)

@@ -1,7 +1,7 @@
-"""Plotters, one per model family, registered in :data:`mflow_cli.registry.PLOTTERS`."""
+"""Plotters, one per model family, each taking its evaluator's options and its own figure options:
 
-from . import (
-    flow_vae,  # noqa: F401
-    manifold,  # noqa: F401
-    vq_flow,  # noqa: F401
-)
+- :func:`.manifold.plot_manifold` with :class:`.manifold.ManifoldFigures` (manifold models, vector data);
+- :func:`.images.plot_images` with :class:`.images.ImageFigures` (manifold models, image data);
+- :func:`.vq_flow.plot_vq_flow` with :class:`.vq_flow.AtlasFigures` (VQ-Flows and classic flows);
+- :func:`.flow_vae.plot_flow_vae` with :class:`.flow_vae.VariationalFigures` (flow-VAEs).
+"""

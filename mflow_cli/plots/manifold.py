@@ -1,13 +1,17 @@
-"""Figures for manifold flows: training curves, samples over data, densities on grids."""
+"""Figures for manifold models on vector data: training curves, samples over data, densities on grids
+(:func:`plot_manifold`, figure options :class:`ManifoldFigures`; image data: :mod:`mflow_cli.plots.images`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..datasets.base import Dataset, Simulator
+from ..datasets.base import ChartCoordinates, Dataset, KnownDensity
+from ..metrics.common import at_least
 from ..metrics.manifold import (
+    ManifoldEvaluation,
     ambient_grid,
     ambient_log_prob,
     deflated_log_prob,
@@ -15,30 +19,49 @@ from ..metrics.manifold import (
     has_deflated_density,
     manifold_log_prob,
 )
-from ..registry import PLOTTERS
+from ..models.interfaces import ManifoldModel
 from .common import pyplot, save, training_curves
 
 
-@PLOTTERS.register("manifold")
+@dataclass(frozen=True)
+class ManifoldFigures:
+    r"""Settings only the figures of :func:`plot_manifold` use (the rest come from :class:`ManifoldEvaluation`).
+
+    Arguments:
+        grid_size: Points per axis of the log-density image over [−grid_limit, grid_limit]² (2-D data).
+    """
+
+    grid_size: int = 200
+
+    def __post_init__(self) -> None:
+        at_least("grid_size", self.grid_size, 2)
+
+
 def plot_manifold(
-    model,
+    model: ManifoldModel,
     dataset: Dataset,
     records: list[dict],
     out_dir: Path,
-    n_samples: int = 2000,
-    grid_size: int = 200,
-    grid_limit: float = 4.0,
-    seed: int = 0,
-    chart_grid_size: int = 60,
-    off_manifold_tolerance: float = 0.1,
+    options: ManifoldEvaluation = ManifoldEvaluation(),
+    figure: ManifoldFigures = ManifoldFigures(),
 ) -> list[Path]:
-    if getattr(dataset, "is_image", False):  # image manifolds: see plots/images.py
-        from .images import plot_images
+    """Draw the figures of a manifold model on vector data into ``out_dir``; returns their paths.
 
-        return plot_images(model, dataset, records, out_dir, n_samples=n_samples, seed=seed)
+    - ``training_curves.png``: every logged training quantity per epoch, one colour per phase;
+    - ``samples.png``: ``n_samples`` model samples over the test data (first two dimensions);
+    - ``density_grid.png`` (2-D data): the learned log density on a ``grid_size``² grid over
+      [−grid_limit, grid_limit]² (ambient where ``has_ambient_density``, else on-manifold at the projection);
+    - ``density_on_manifold.png`` (1-D :class:`~mflow_cli.datasets.base.KnownDensity` manifolds): true and
+      learned density along the arc length (0 where the learned manifold misses the true one by more than
+      ``off_manifold_tolerance``), and the DNF's deflated density;
+    - ``density_chart.png``, ``samples_chart.png`` (2-D manifolds with
+      :class:`~mflow_cli.datasets.base.ChartCoordinates`): :func:`chart_figures` on a ``chart_grid_size`` grid.
+    """
     plt = pyplot()
     paths = [training_curves(records, out_dir / "training_curves.png")]
-    torch.manual_seed(seed)
+    torch.manual_seed(options.seed)
+    n_samples, grid_limit, batch_size = options.n_samples, options.grid_limit, options.batch_size
+    grid_size = figure.grid_size
     test = dataset.test_data().reshape(len(dataset.test_data()), -1)
     with torch.no_grad():
         samples = model.sample(n_samples).reshape(n_samples, -1).cpu()
@@ -53,8 +76,8 @@ def plot_manifold(
 
     if test.shape[1] == 2:
         grid = ambient_grid(grid_limit, grid_size)
-        ambient = getattr(model, "has_ambient_density", False)
-        log_p = ambient_log_prob(model, grid, 4096) if ambient else manifold_log_prob(model, grid, 4096)[0]
+        ambient = model.has_ambient_density
+        log_p = ambient_log_prob(model, grid, batch_size) if ambient else manifold_log_prob(model, grid, batch_size)[0]
         fig, ax = plt.subplots(figsize=(5.5, 5))
         img = ax.imshow(
             log_p.reshape(grid_size, grid_size).clamp(min=-20).numpy(), origin="lower", cmap="viridis",
@@ -64,37 +87,41 @@ def plot_manifold(
         ax.set_title("learned log density (" + ("ambient, inflated" if ambient else "on manifold, at projection") + ")")
         paths.append(save(fig, out_dir / "density_grid.png"))
 
-    if isinstance(dataset, Simulator) and dataset.manifold_dim == 1:
+    if isinstance(dataset, KnownDensity) and dataset.manifold_dim == 1:
         x, log_true, weights = dataset.manifold_grid(2000)
-        log_q, _ = density_on_true_manifold(model, x.float(), 4096, off_manifold_tolerance)
+        log_q, _ = density_on_true_manifold(model, x.float(), batch_size, options.off_manifold_tolerance)
         arc = torch.cumsum(weights, 0)
         fig, ax = plt.subplots(figsize=(7, 3.5))
         ax.plot(arc, log_true.exp(), label="true", lw=2)
         ax.plot(arc, log_q.exp(), label="model, on its manifold (0 where it misses)", lw=1.5, ls="--")
         if has_deflated_density(model):
-            deflated = deflated_log_prob(model, x.float(), 4096).exp()
+            deflated = deflated_log_prob(model, x.float(), batch_size).exp()
             ax.plot(arc, deflated, label="model, deflated ambient", lw=1.2, ls=":")
         ax.set_xlabel("arc length along the true manifold")
         ax.set_ylabel("density on the manifold")
         ax.legend()
         paths.append(save(fig, out_dir / "density_on_manifold.png"))
 
-    if isinstance(dataset, Simulator) and dataset.manifold_dim == 2 and hasattr(dataset, "chart_grid"):
-        paths.extend(chart_figures(model, dataset, test, samples, out_dir, chart_grid_size, off_manifold_tolerance))
+    if isinstance(dataset, ChartCoordinates) and dataset.manifold_dim == 2:
+        paths.extend(
+            chart_figures(model, dataset, test, samples, out_dir, options.chart_grid_size,
+                          options.off_manifold_tolerance, batch_size)
+        )
     return [p for p in paths if p is not None]
 
 
 def chart_figures(
-    model, dataset: Simulator, test, samples, out_dir: Path, size: int, tolerance: float = 0.1
+    model: ManifoldModel, dataset: ChartCoordinates, test, samples, out_dir: Path, size: int, tolerance: float = 0.1,
+    batch_size: int = 4096,
 ) -> list[Path]:
     """Sphere-like 2-D manifolds: true vs learned density on the θ/φ map, and samples over data there."""
     plt = pyplot()
     grid = dataset.chart_grid(size)
     panels = [("true density", grid.log_p_manifold())]
-    log_q, _ = density_on_true_manifold(model, grid.x.float(), 4096, tolerance)
+    log_q, _ = density_on_true_manifold(model, grid.x.float(), batch_size, tolerance)
     panels.append(("learned, on manifold", log_q))
     if has_deflated_density(model):
-        panels.append(("learned, deflated ambient", deflated_log_prob(model, grid.x.float(), 4096)))
+        panels.append(("learned, deflated ambient", deflated_log_prob(model, grid.x.float(), batch_size)))
     extent = (0, float(grid.axes[0][-1] + grid.widths[0] / 2), 0, float(grid.axes[1][-1] + grid.widths[1] / 2))
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5), sharey=True)
     images = [log_p.double().exp().reshape(grid.shape).T.numpy() for _, log_p in panels]

@@ -1,18 +1,39 @@
-"""Figures for VQ-Flows: training curves, samples (coloured by chart) next to the data, image grids."""
+"""Figures for VQ-Flows: training curves, samples (coloured by chart) next to the data, image grids
+(:func:`plot_vq_flow`, figure options :class:`AtlasFigures`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..datasets.base import Dataset
-from ..metrics.vq_flow import to_images
-from ..registry import PLOTTERS
-from .common import pyplot, save, training_curves
+from ..datasets.base import Dataset, PixelData
+from ..metrics.common import at_least
+from ..metrics.vq_flow import AtlasEvaluation
+from ..models.interfaces import AtlasModel
+from .common import image_grid, pyplot, save, training_curves
+
+MAX_GRID_IMAGES = 64
+
+
+@dataclass(frozen=True)
+class AtlasFigures:
+    r"""Settings only the figures of :func:`plot_vq_flow` use (the seed comes from :class:`AtlasEvaluation`).
+
+    Arguments:
+        n_samples: Model samples drawn for the figures (3-D scatter; the image grid shows at most 64);
+            a display choice, apart from the evaluation's ``n_samples``.
+    """
+
+    n_samples: int = 3000
+
+    def __post_init__(self) -> None:
+        at_least("n_samples", self.n_samples, 1)
 
 
 def scatter3d(ax, x: torch.Tensor, title: str, colour=None) -> None:
+    """A 3-D scatter of points (N, 3) on the toy shapes' fixed axes, optionally coloured (tab10)."""
     ax.scatter(x[:, 0], x[:, 1], x[:, 2], s=1.5, alpha=0.5, c=colour, cmap="tab10" if colour is not None else None)
     ax.set_title(title)
     ax.set_xlim(-2, 2.2)
@@ -30,28 +51,25 @@ def samples_next_to_data(panels: list[tuple[str, torch.Tensor, torch.Tensor | No
     return save(fig, path)
 
 
-def image_grid(images: torch.Tensor, path: Path, title: str, rows: int = 8) -> Path:
-    """A rows × rows grid of images (N, C, H, W) in [0, 1]."""
-    plt = pyplot()
-    n = min(rows * rows, len(images))
-    fig, axes = plt.subplots(rows, rows, figsize=(rows, rows))
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i < n:
-            img = images[i]
-            ax.imshow(img[0] if img.shape[0] == 1 else img.permute(1, 2, 0), cmap="gray", vmin=0, vmax=1)
-    fig.suptitle(title)
-    return save(fig, path)
-
-
-@PLOTTERS.register("vq_flow")
 def plot_vq_flow(
-    model, dataset: Dataset, records: list[dict], out_dir: Path, n_samples: int = 3000, seed: int = 0
+    model: AtlasModel,
+    dataset: Dataset,
+    records: list[dict],
+    out_dir: Path,
+    options: AtlasEvaluation = AtlasEvaluation(),
+    figure: AtlasFigures = AtlasFigures(),
 ) -> list[Path]:
-    torch.manual_seed(seed)
+    """Draw the figures of a VQ-Flow (or classic flow) into ``out_dir``; returns their paths.
+
+    - ``training_curves.png``: every logged training quantity per epoch, one colour per phase;
+    - ``samples.png``: for 3-D data, the test data (coloured by MAP chart when K > 1) next to ``n_samples``
+      model samples (coloured by the chart they were drawn from); for
+      :class:`~mflow_cli.datasets.base.PixelData`, a grid of up to 64 samples.
+    """
+    torch.manual_seed(options.seed)
     paths = [training_curves(records, out_dir / "training_curves.png")]
     with torch.no_grad():
-        x, k, _ = model.sample_charts(n_samples)
+        x, k, _ = model.sample_charts(figure.n_samples)
     test = dataset.test_data()
     if x.shape[1] == 3:
         with torch.no_grad():
@@ -63,7 +81,7 @@ def plot_vq_flow(
                 out_dir / "samples.png",
             )
         )
-    elif len(model.data_shape) == 3:
-        imgs = to_images(dataset, x.reshape(-1, *model.data_shape))
-        paths.append(image_grid(imgs, out_dir / "samples.png", f"samples ({model.num_charts} chart(s))"))
+    elif isinstance(dataset, PixelData):
+        images = dataset.pixels.to_images(x[:MAX_GRID_IMAGES])
+        paths.append(image_grid(images, out_dir / "samples.png", f"samples ({model.num_charts} chart(s))"))
     return [p for p in paths if p is not None]

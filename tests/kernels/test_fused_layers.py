@@ -10,7 +10,7 @@ from nflows.nn.nets import ResidualNet
 
 from mflow_cli import kernels
 from mflow_cli.flows.fused import FusedLULinear, conditioner
-from mflow_cli.models.manifold_flow import DNF
+from mflow_cli.models.manifold_flow import ManifoldFlow
 
 
 def _grads(loss, params):
@@ -49,7 +49,7 @@ def test_lu_inverse_matches_nflows():
 
 def test_training_step_loss_and_gradients_match_the_reference_path():
     torch.manual_seed(3)
-    model = DNF((2,), outer_layers=3, hidden_features=16).double()
+    model = ManifoldFlow((2,), outer_layers=3, hidden_features=16).double()
     x = torch.randn(32, 2, dtype=torch.float64)
     params = list(model.parameters())
 

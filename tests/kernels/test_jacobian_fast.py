@@ -22,7 +22,7 @@ from mflow_cli.jacobian import (
     flow_with_tangents,
     reverse_mode_jacobian,
 )
-from mflow_cli.models.manifold_flow import DNF
+from mflow_cli.models.manifold_flow import ManifoldFlow
 
 F32_TOL = 2e-4
 
@@ -58,7 +58,7 @@ def test_float64_matches_brute_force(kind, linear, d, features):
 
 def test_float32_within_documented_tolerance():
     torch.manual_seed(1)
-    model = _shake(DNF((2,), outer_layers=9, hidden_features=32))
+    model = _shake(ManifoldFlow((2,), outer_layers=9, hidden_features=32))
     u = 1.5 * torch.randn(50, 1)
     with torch.no_grad():
         _, jac = decoder_jacobian(model.outer, u, 2)
@@ -69,7 +69,7 @@ def test_float32_within_documented_tolerance():
 
 def test_log_prob_manifold_matches_the_generic_path():
     torch.manual_seed(2)
-    model = _shake(DNF((2,), outer_layers=5, hidden_features=16).double())
+    model = _shake(ManifoldFlow((2,), outer_layers=5, hidden_features=16).double())
     x = torch.randn(20, 2, dtype=torch.float64)
     with torch.no_grad():
         log_p, proj, u = model.log_prob_manifold(x)
@@ -108,7 +108,7 @@ def test_layers_without_a_rule_go_through_torch_func():
 
 def test_with_grad_the_jacobian_stays_differentiable():
     torch.manual_seed(5)
-    model = _shake(DNF((2,), outer_layers=3, hidden_features=8).double()).train()
+    model = _shake(ManifoldFlow((2,), outer_layers=3, hidden_features=8).double()).train()
     u = torch.randn(6, 1, dtype=torch.float64, requires_grad=True)
     x, jac = decoder_jacobian(model.outer, u, 2)
     (g,) = torch.autograd.grad(jac.pow(2).sum(), u)
@@ -119,7 +119,7 @@ def test_with_grad_the_jacobian_stays_differentiable():
 
 def test_reverse_mode_baseline_matches_brute_force():
     torch.manual_seed(6)
-    model = _shake(DNF((2,), outer_layers=3, hidden_features=8).double())
+    model = _shake(ManifoldFlow((2,), outer_layers=3, hidden_features=8).double())
     u = torch.randn(5, 1, dtype=torch.float64)
     x, jac = reverse_mode_jacobian(model.decode, u)
     assert torch.allclose(jac, brute_force_jacobian(model.decode, u), atol=1e-12, rtol=0)

@@ -1,0 +1,452 @@
+"""Runs: a folder holding one trained model and what was made from it.
+
+``RUN_DIR/model.pt`` (final weights + resolved recipe + data shape + versions), ``checkpoint.pt``
+(resume state), ``metrics.jsonl`` (one record per epoch), ``recipe.yaml`` (resolved), and the outputs
+of evaluate/plot. This module joins recipes, datasets, models and I/O; the CLI only calls it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .. import distributed, io
+from ..datasets.arrays import Standardization
+from ..datasets.base import Dataset, TableData
+from ..errors import ConfigError, OutputError
+from ..models.base import Model
+from ..training import TrainConfig, TrainingMonitor, train
+from . import catalog
+from .recipe import Recipe, short_repr, validate, write_yaml
+
+if TYPE_CHECKING:
+    from .progress import Reporter
+
+SPLIT_FILE = "split.json"
+MODEL_FILE = "model.pt"
+CHECKPOINT_FILE = "checkpoint.pt"
+METRICS_FILE = "metrics.jsonl"
+RECIPE_FILE = "recipe.yaml"
+LOCK_FILE = ".lock"
+RUN_FILES = (MODEL_FILE, CHECKPOINT_FILE, METRICS_FILE, RECIPE_FILE, LOCK_FILE)
+MAX_SAMPLES = 2**40
+
+
+# --------------------------------------------------------------------------- one writer, outputs with consent
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold the run folder's lock: one writer at a time (an OS lock, released by the kernel if the holder dies).
+
+    A second writer is refused with the holder's PID; the lock file is never followed through a symlink.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot open the run folder's lock ({io.describe_os_error(err)})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise ConfigError(
+                f"{run_dir} is in use by another mflow process (PID {holder}); wait for it to finish or stop it"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _is_run_folder(folder: Path) -> bool:
+    return any((folder / name).exists() for name in (MODEL_FILE, CHECKPOINT_FILE, RECIPE_FILE))
+
+
+def check_output(out: str | Path, force: bool, inputs: tuple[str | Path, ...] = ()) -> None:
+    """Refuse an output path that would replace an input or a run's own files (``--force`` or not), or an
+    existing file without ``--force``."""
+    out = Path(out)
+    target = out.resolve()
+    for inp in inputs:
+        if Path(inp).resolve() == target or (out.exists() and Path(inp).exists() and os.path.samefile(inp, out)):
+            raise ConfigError(f"{out} is also an input of this command; write the output somewhere else")
+    if target.name in RUN_FILES and _is_run_folder(target.parent):
+        raise ConfigError(f"{out} is a file of the run in {target.parent}; mflow never writes over it")
+    io.refuse_overwrite(out, force)
+
+
+def build_dataset(recipe: Recipe) -> Dataset:
+    """The recipe's dataset; a bad argument value is reported as ``SOURCE: data: message``."""
+    kwargs = {k: v for k, v in recipe.data.items() if k != "name"}
+    try:
+        return catalog.dataset_class(recipe.data["name"])(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{recipe.source}: data: {err}") from None
+
+
+def build_model(recipe: Recipe, data_shape: tuple[int, ...]) -> Model:
+    """The recipe's model for data of ``data_shape``; bad values are reported as ``SOURCE: model: message``."""
+    kwargs = {k: v for k, v in recipe.model.items() if k != "kind"}
+    try:
+        return catalog.model_kind(recipe.model["kind"]).build(data_shape, **kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{recipe.source}: model: {err}") from None
+
+
+def evaluation(recipe: Recipe) -> catalog.Evaluation:
+    """How the recipe's model kind is evaluated and plotted on the recipe's dataset."""
+    entry = catalog.model_kind(recipe.model["kind"])
+    return entry.evaluation_for(catalog.dataset_class(recipe.data["name"]))
+
+
+def pick_device(recipe: Recipe) -> torch.device:
+    if recipe.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("recipe asks for device 'cuda' but no CUDA device is available")
+    if recipe.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(recipe.device)
+
+
+def set_threads(recipe: Recipe, data_shape: tuple[int, ...]) -> None:
+    """Tiny 2-D/3-D models run faster on one thread here; bigger ones use every core.
+
+    Under torchrun the cores are shared by the node's ranks (LOCAL_WORLD_SIZE of them).
+    """
+    if recipe.threads is not None:
+        n = recipe.threads
+    else:
+        per_rank = (os.cpu_count() or 1) // max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
+        n = 1 if torch.Size(data_shape).numel() <= 16 else max(per_rank, 1)
+    torch.set_num_threads(n)
+
+
+class _RunMonitor(TrainingMonitor):
+    """Appends each epoch record to metrics.jsonl, then forwards every hook to the caller's monitor."""
+
+    def __init__(self, metrics_path: Path, inner: TrainingMonitor | None):
+        self.metrics_path, self.inner = metrics_path, inner or TrainingMonitor()
+
+    def phase_start(self, phase, total_steps, done_steps):
+        self.inner.phase_start(phase, total_steps, done_steps)
+
+    def step(self, phase, epoch, logs):
+        self.inner.step(phase, epoch, logs)
+
+    def epoch_end(self, record):
+        record = {**record, "time": time.time()}
+        io.append_jsonl(record, self.metrics_path)
+        self.inner.epoch_end(record)
+
+
+def _comparable(recipe: dict) -> dict:
+    """A recipe without the keys that may change on resume (the epoch budget)."""
+    out = {k: v for k, v in recipe.items()}
+    out["train"] = {k: v for k, v in recipe["train"].items() if k != "epochs"}
+    return out
+
+
+def train_run(
+    recipe: Recipe,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    monitor: TrainingMonitor | None = None,
+) -> Path:
+    """Train the recipe's model into ``out_dir``; with ``resume``, continue from its checkpoint.
+
+    Under ``torchrun`` (WORLD_SIZE > 1) every rank trains its shard under DistributedDataParallel and
+    only rank 0 writes into ``out_dir`` (a folder all ranks can read, for ``--resume``).
+    """
+    out_dir = Path(out_dir)
+    device = pick_device(recipe)
+    dist = distributed.from_env(device)
+    main = dist is None or dist.is_main
+    if dist is not None:
+        device = dist.device(device)
+    with run_lock(out_dir) if main else contextlib.nullcontext():
+        _train_into(recipe, out_dir, device, dist, main, resume, force, monitor)
+    return out_dir
+
+
+def _train_into(recipe, out_dir, device, dist, main, resume, force, monitor) -> None:
+    """The body of :func:`train_run`, holding the run folder's lock (rank 0)."""
+    ckpt_path = out_dir / CHECKPOINT_FILE
+    resume_state = None
+    if resume:
+        if not ckpt_path.is_file():
+            raise ConfigError(f"--resume: no checkpoint in {out_dir} (expected {ckpt_path})")
+        resume_state = io.load_torch(ckpt_path)
+        saved = resume_state.get("recipe")
+        if isinstance(saved, dict):
+            saved = validate(saved, str(ckpt_path)).to_dict()
+        if not isinstance(saved, dict) or _comparable(saved) != _comparable(recipe.to_dict()):
+            raise ConfigError(f"--resume: the recipe differs from the one {out_dir} was trained with")
+        if main:
+            io.truncate_jsonl(out_dir / METRICS_FILE, resume_state["step"])
+    elif (out_dir / MODEL_FILE).exists() or ckpt_path.exists():
+        if not force:
+            raise ConfigError(f"{out_dir} already holds a run; pass --resume to continue or --force to start over")
+        for name in (MODEL_FILE, CHECKPOINT_FILE, METRICS_FILE) if main else ():
+            (out_dir / name).unlink(missing_ok=True)
+    if dist is not None:
+        dist.barrier()  # every rank has read the folder before rank 0 writes into it
+
+    dataset = build_dataset(recipe)
+    if isinstance(dataset, TableData):  # the user's own table: checked, then read in batches (streamed if large)
+        dataset.check_rows(recipe.train["batch_size"])
+        data, shape = dataset.batch_source(), tuple(dataset.data_shape)
+        units: Standardization | None = dataset.standardization
+        if main:
+            io.write_json(dataset.split_info(), out_dir / SPLIT_FILE)
+    else:
+        data = dataset.train_data()
+        shape, units = tuple(data.shape[1:]), None
+        data = data.to(device)
+    set_threads(recipe, shape)
+    torch.manual_seed(recipe.seed)
+    model = build_model(recipe, shape).to(device)
+    if dist is not None:
+        dist.reseed(recipe.seed, 0)
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_yaml(recipe.to_dict(), out_dir / RECIPE_FILE)
+
+    def save_checkpoint(state: dict) -> None:
+        if not out_dir.is_dir():  # deleted or unmounted under the running job: do not quietly recreate it
+            raise OutputError(f"cannot write {ckpt_path}: the run folder {out_dir} is gone; nothing more is saved")
+        io.save_torch({**state, "recipe": recipe.to_dict(), "data_shape": list(shape)}, ckpt_path)
+
+    train(
+        model,
+        data,
+        TrainConfig(**recipe.train),
+        seed=recipe.seed,
+        resume_state=resume_state,
+        save_checkpoint=save_checkpoint if main else None,
+        monitor=_RunMonitor(out_dir / METRICS_FILE, monitor) if main else monitor,
+        batch_transform=dataset.batch_transform,
+        dist=dist,
+    )
+    if main:
+        save_model(model, recipe, shape, out_dir / MODEL_FILE, units)
+    if dist is not None:
+        dist.close()
+
+
+def save_model(
+    model: Model, recipe: Recipe, data_shape: tuple[int, ...], path: Path, units: Standardization | None = None
+) -> None:
+    """model.pt: weights, the resolved recipe, the data shape, versions and (own data) the units' standardization."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    blob = {"state_dict": state, "recipe": recipe.to_dict(), "data_shape": list(data_shape), "versions": io.versions()}
+    if units is not None:
+        blob["standardization"] = units.state()
+    io.save_torch(blob, path)
+
+
+@dataclass(frozen=True)
+class OpenRun:
+    """A run folder's resolved recipe, its model (eval mode) and, for own data, the units' standardization."""
+
+    recipe: Recipe
+    model: Model
+    units: Standardization | None
+
+    def to_model_units(self, x: torch.Tensor) -> torch.Tensor:
+        """Inputs in the data's own units -> the model's (the identity without a standardization)."""
+        if self.units is None:
+            return x
+        return self.units.to_model(x.reshape(len(x), -1)).to(x.dtype).reshape(x.shape)
+
+    def to_original_units(self, x: torch.Tensor) -> torch.Tensor:
+        """Points the model made (samples, projections) -> the data's own units."""
+        if self.units is None:
+            return x
+        return self.units.to_original(x.reshape(len(x), -1)).to(x.dtype).reshape(x.shape)
+
+    def outputs_to_original_units(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Log densities among ``encode``'s outputs become densities in the data's units (+ log|det ∂y/∂x|)."""
+        if self.units is None:
+            return out
+        shift = self.units.log_abs_det_to_model
+        return {k: v + shift if k in DENSITY_OUTPUTS else v for k, v in out.items()}
+
+
+DENSITY_OUTPUTS = ("log_prob", "log_prob_ambient", "elbo")
+"""The outputs of ``encode`` that are log densities of the input (they change with the input's units)."""
+
+MAX_DATA_DIMS = 2**28
+
+
+def open_run(run_dir: str | Path, device: str | None = None) -> OpenRun:
+    """Rebuild the trained model of a run folder (weights loaded with ``weights_only=True``).
+
+    Refused with one line: a missing or unfinished run, a file that is not an mflow model, a data shape no model
+    could have, weights that do not fit or are not finite. Process-wide settings (torch's thread count) are left
+    alone; the commands set them (:func:`load_for_command`).
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"run folder not found: {run_dir}")
+    path = run_dir / MODEL_FILE
+    if not path.is_file():
+        unfinished = (run_dir / CHECKPOINT_FILE).exists()
+        hint = " (training unfinished? resume it with mflow train --resume)" if unfinished else ""
+        raise ConfigError(f"{run_dir}: no {MODEL_FILE}{hint}")
+    blob = io.load_torch(path)
+    for key in ("state_dict", "recipe", "data_shape"):
+        if key not in blob:
+            raise ConfigError(f"{path}: not an mflow model file (no '{key}')")
+    shape_value = blob["data_shape"]
+    if (
+        not isinstance(shape_value, (list, tuple)) or not 1 <= len(shape_value) <= 4
+        or not all(isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= 2**20 for s in shape_value)
+        or torch.Size(shape_value).numel() > MAX_DATA_DIMS
+    ):
+        raise ConfigError(f"{path}: data_shape {short_repr(shape_value)} is not the shape of one sample")
+    if not isinstance(blob["state_dict"], dict) or not all(
+        isinstance(v, torch.Tensor) for v in blob["state_dict"].values()
+    ):
+        raise ConfigError(f"{path}: not an mflow model file (state_dict holds non-tensors)")
+    bad = [k for k, v in blob["state_dict"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ConfigError(f"{path}: {len(bad)} weight tensor(s) hold NaN or inf (e.g. {bad[0]}); refusing the model")
+    recipe = validate(blob["recipe"], str(path))
+    shape = tuple(int(s) for s in shape_value)
+    model = build_model(recipe, shape)
+    try:
+        model.load_state_dict(blob["state_dict"])
+    except RuntimeError as err:
+        raise ConfigError(f"{path}: weights do not fit the model ({str(err).splitlines()[0][:100]})") from None
+    model.to(torch.device(device) if device else pick_device(recipe)).eval()
+    units = None
+    if "standardization" in blob:
+        try:
+            units = Standardization.from_state(blob["standardization"])
+        except (ConfigError, KeyError, TypeError) as err:
+            raise ConfigError(f"{path}: unreadable standardization ({err})") from None
+    return OpenRun(recipe, model, units)
+
+
+def load_run(run_dir: str | Path, device: str | None = None) -> tuple[Recipe, Model]:
+    """The recipe and model of a run folder (:func:`open_run` without the units)."""
+    run = open_run(run_dir, device)
+    return run.recipe, run.model
+
+
+def load_for_command(run_dir: str | Path) -> OpenRun:
+    """:func:`open_run`, then the recipe's thread count (the CLI commands run one job per process)."""
+    run = open_run(run_dir)
+    set_threads(run.recipe, run.model.data_shape)
+    return run
+
+
+def _batches(n: int, batch_size: int):
+    for start in range(0, n, batch_size):
+        yield start, min(batch_size, n - start)
+
+
+def sample_to_h5(
+    run_dir: str | Path,
+    n: int,
+    out: str | Path,
+    *,
+    batch_size: int = 10000,
+    seed: int = 0,
+    force: bool = False,
+    progress: Reporter | None = None,
+) -> Path:
+    """Draw ``n`` samples into HDF5 dataset ``samples`` (n, *data_shape), batch by batch."""
+    if not 1 <= n <= MAX_SAMPLES or batch_size < 1:
+        raise ConfigError(f"-n must be in 1..2^40 and --batch-size at least 1, got {n} and {batch_size}")
+    check_output(out, force, inputs=(Path(run_dir) / MODEL_FILE,))
+    run = load_for_command(run_dir)
+    recipe, model = run.recipe, run.model
+    torch.manual_seed(seed)
+    attrs = {"model": recipe.model["kind"], "recipe": recipe.name, "seed": seed, "mflow": io.versions()["mflow"]}
+    with io.H5Writer(out, {"samples": (n, *model.data_shape)}, attrs) as writer:
+        if progress:
+            progress.start("sample", n)
+        for start, size in _batches(n, batch_size):
+            writer.write(start, {"samples": run.to_original_units(model.sample(size))})
+            if progress:
+                progress.advance(size)
+    return Path(out)
+
+
+def encode_h5(
+    run_dir: str | Path,
+    inp: str | Path,
+    out: str | Path,
+    *,
+    dataset: str | None = None,
+    batch_size: int = 1000,
+    force: bool = False,
+    progress: Reporter | None = None,
+) -> Path:
+    """Encode every row of ``inp``'s dataset into ``latents`` (and ``log_prob`` where the model has it)."""
+    check_output(out, force, inputs=(inp, Path(run_dir) / MODEL_FILE))
+    if batch_size < 1:
+        raise ConfigError("--batch-size must be at least 1")
+    run = load_for_command(run_dir)
+    recipe, model = run.recipe, run.model
+    name, n = io.open_h5_input(inp, dataset, model.data_shape)
+    device = next(model.parameters()).device
+    probe = model.encode(torch.zeros(1, *model.data_shape, device=device))
+    shapes = {key: (n, *value.shape[1:]) for key, value in probe.items()}
+    attrs = {"model": recipe.model["kind"], "recipe": recipe.name, "input": str(inp), "dataset": name}
+    with io.H5Writer(out, shapes, attrs) as writer:
+        if progress:
+            progress.start("encode", n)
+        for start, batch in io.iter_h5_batches(inp, name, batch_size):
+            writer.write(start, run.outputs_to_original_units(model.encode(run.to_model_units(batch).to(device))))
+            if progress:
+                progress.advance(len(batch))
+    return Path(out)
+
+
+def evaluate_run(run_dir: str | Path, out: str | Path | None = None, force: bool = False) -> dict[str, Any]:
+    """Run the evaluator with the recipe's ``evaluate`` options; write JSON (default ``RUN_DIR/evaluation.json``).
+
+    An ``out`` of the caller's follows the same rule as ``sample``/``encode``: an existing file needs ``force``.
+    """
+    run_dir = Path(run_dir)
+    if out is not None:
+        check_output(out, force, inputs=(run_dir / MODEL_FILE,))
+    run = load_for_command(run_dir)
+    recipe, model = run.recipe, run.model
+    with run_lock(run_dir):
+        dataset = build_dataset(recipe)
+        scoring = evaluation(recipe)
+        metrics = scoring.evaluate(model, dataset, scoring.options(**recipe.evaluate))
+        io.write_json(metrics, out or run_dir / "evaluation.json")
+    return metrics
+
+
+def plot_run(run_dir: str | Path) -> list[Path]:
+    """Draw the family's figures into ``RUN_DIR/plots``; return their paths."""
+    run = load_for_command(run_dir)
+    recipe, model = run.recipe, run.model
+    with run_lock(Path(run_dir)):
+        dataset = build_dataset(recipe)
+        records = io.read_jsonl(Path(run_dir) / METRICS_FILE)
+        out_dir = Path(run_dir) / "plots"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        drawing = evaluation(recipe)
+        options, figures = drawing.options(**recipe.evaluate), drawing.figures(**recipe.plot)
+        return drawing.plot(model, dataset, records, out_dir, options, figures)
