@@ -1,16 +1,27 @@
-"""Side-by-side timings of the fused kernels (``mflow_cli._C``) and the pure-PyTorch reference path.
+"""Side-by-side timings of mflow's paths and their baselines, in one process on the same inputs.
 
-Both paths run in the same process on the same inputs: the reference inside
-:func:`mflow_cli.kernels.use_reference`, which is also how the fused coupling layers fall back to
-nflows' own transforms. Each row is the median of ``repeats`` timed calls after warm-up (the two
-paths alternating call by call, so that load changes hit both alike), for the
-forward pass and for forward + backward, with the largest absolute difference between the two
-paths' results (outputs for ``fwd``, outputs and input/parameter gradients for ``fwd+bwd``).
+Each row names its baseline (``baseline``; the kernel rows also say it in their name):
+
+- kernel rows: the fused op (``mflow_cli._C``) vs the pure-PyTorch reference (nflows' own spline code,
+  nflows' affine formula, ``torch.linalg.cholesky`` of JᵀJ), the reference inside
+  :func:`mflow_cli.kernels.use_reference`, which is also how the fused layers fall back to nflows;
+- flow rows: mflow's 9-step RQ coupling flow vs the same flow on nflows' transforms (same weights), and
+  vs ``zuko.flows.NSF`` (9 spline coupling transforms of the same width; the ``bench`` extra), the peer
+  a user would pick today;
+- end-to-end rows (:func:`model_rows`): the thin-spiral DNF's training step vs the same step on nflows'
+  layers, and the exact on-manifold density vs the research code's method (one reverse-mode autograd
+  pass per output dimension, batched over the points, on nflows' layers).
+
+Each time is the median of ``repeats`` calls after warm-up, the paths alternating call by call so that
+load changes hit both alike, for the forward pass and for forward + backward, with the largest absolute
+difference between the two paths' results (outputs for ``fwd``, outputs and input/parameter gradients for
+``fwd+bwd``; NaN where the baseline is another model, zuko).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -29,6 +40,7 @@ class BenchRow:
     reference_ms: float
     fused_ms: float
     max_abs_diff: float
+    baseline: str = "reference PyTorch path"
 
     @property
     def speedup(self) -> float:
@@ -51,6 +63,33 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def paired_times_ms(
+    fns: Sequence[Callable[[], object]], repeats: int, device: torch.device, warmup: int = 2
+) -> list[float]:
+    """Median time of each of ``fns`` in milliseconds, the functions called in turn, round after round
+    (so that a change of machine load hits all alike)."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(max(1, repeats)):
+        for fn, acc in zip(fns, times, strict=True):
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            acc.append(time.perf_counter() - start)
+    return [1e3 * statistics.median(t) for t in times]
+
+
+def _on_reference(fn: Callable[[], object], flag: bool = True) -> Callable[[], object]:
+    def run():
+        with kernels.use_reference(flag):
+            return fn()
+
+    return run
+
+
 def paired_median_ms(
     fn: Callable[[], object], repeats: int, device: torch.device, warmup: int = 2
 ) -> tuple[float, float]:
@@ -58,20 +97,8 @@ def paired_median_ms(
 
     The two paths alternate call by call, so a change of machine load hits both alike.
     """
-    for _ in range(warmup):
-        with kernels.use_reference():
-            fn()
-        fn()
-    ref, fused = [], []
-    for _ in range(max(1, repeats)):
-        for use_ref, times in ((True, ref), (False, fused)):
-            with kernels.use_reference(use_ref):
-                _sync(device)
-                start = time.perf_counter()
-                fn()
-                _sync(device)
-                times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(ref), 1e3 * statistics.median(fused)
+    ref, fused = paired_times_ms([_on_reference(fn), _on_reference(fn, False)], repeats, device, warmup)
+    return ref, fused
 
 
 def _max_diff(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
@@ -80,7 +107,7 @@ def _max_diff(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
 
 def _compare(
     kernel: str, size: str, fn: Callable[..., Sequence[torch.Tensor]], inputs: Sequence[torch.Tensor],
-    repeats: int, device: torch.device,
+    repeats: int, device: torch.device, baseline: str,
 ) -> list[BenchRow]:
     """fwd and fwd+bwd rows for ``fn(*inputs)`` (returns a tuple of tensors), reference vs fused."""
     leaves = [t.detach().clone().requires_grad_() for t in inputs]
@@ -108,12 +135,15 @@ def _compare(
     fused_outs, fused_grads = forward_backward()
     ref_fwd, fused_fwd = paired_median_ms(forward, repeats, device)
     ref_bwd, fused_bwd = paired_median_ms(forward_backward, repeats, device)
+    name = f"{kernel} vs {baseline}"
     return [
-        BenchRow(kernel, size, "fwd", ref_fwd, fused_fwd, _max_diff(ref_out, fused_out)),
-        BenchRow(kernel, size, "fwd+bwd", ref_bwd, fused_bwd,
-                 _max_diff([*ref_outs, *ref_grads], [*fused_outs, *fused_grads])),
+        BenchRow(name, size, "fwd", ref_fwd, fused_fwd, _max_diff(ref_out, fused_out), baseline),
+        BenchRow(name, size, "fwd+bwd", ref_bwd, fused_bwd,
+                 _max_diff([*ref_outs, *ref_grads], [*fused_outs, *fused_grads]), baseline),
     ]
 
+
+TRAINING_ADAMW = dict(foreach=True)  # keep in step with the optimiser of mflow_cli/training.py
 
 SPLINE = dict(num_bins=5, tail_bound=3.0, min_bin_width=1e-3, min_bin_height=1e-3, min_derivative=1e-3,
               divisor=10.0)
@@ -136,24 +166,45 @@ def kernel_rows(
         x, p = randn(n, d, scale=1.5), randn(n, tidx.numel(), 3 * SPLINE["num_bins"] - 1)
         rows += _compare(
             "rq-spline coupling (K=5)", f"{n}×{d}",
-            lambda a, b, t=tidx: kernels.rq_coupling(a, b, t, **SPLINE), (x, p), repeats, dev,
+            lambda a, b, t=tidx: kernels.rq_coupling(a, b, t, **SPLINE), (x, p), repeats, dev, "nflows",
         )
     for n, d in [(8, 4)] if quick else [(512, 64), (65536, 8)]:
         tidx = torch.arange(0, d, 2, device=dev)
         x, p = randn(n, d), randn(n, 2 * tidx.numel())
         rows += _compare(
             "affine coupling", f"{n}×{d}",
-            lambda a, b, t=tidx: kernels.affine_coupling(a, b, t), (x, p), repeats, dev,
+            lambda a, b, t=tidx: kernels.affine_coupling(a, b, t), (x, p), repeats, dev, "nflows",
         )
     for b, n, d in [(4, 5, 2)] if quick else [(512, 3, 2), (512, 64, 2), (512, 64, 8), (128, 256, 64)]:
         j = randn(b, n, d)
-        rows += _compare("log det(JᵀJ)", f"{b}×{n}×{d}", lambda a: (kernels.logdet_gram(a),), (j,), repeats, dev)
+        rows += _compare("log det(JᵀJ)", f"{b}×{n}×{d}", lambda a: (kernels.logdet_gram(a),), (j,), repeats, dev,
+                         "torch.linalg")
     return rows
+
+
+def _nll(z: torch.Tensor, logdet: torch.Tensor) -> torch.Tensor:
+    from .models.base import standard_normal_log_prob
+
+    return -(standard_normal_log_prob(z) + logdet)
+
+
+def _zuko_nsf(features: int, layers: int, hidden: int, device: torch.device):
+    """zuko's spline flow of about mflow's size: ``layers`` RQ-spline coupling transforms (``passes=2``),
+    5 bins, MLP conditioners of 5 hidden layers of ``hidden`` (mflow: ResidualNet, 6 linear layers).
+    None without zuko (``pip install mflow[bench]``)."""
+    try:
+        import zuko
+    except ImportError:
+        return None
+    passes = 2 if features > 1 else None
+    return zuko.flows.NSF(features, transforms=layers, bins=SPLINE["num_bins"], passes=passes,
+                          hidden_features=[hidden] * 5).to(device)
 
 
 def flow_rows(repeats: int = 10, quick: bool = False, device: str = "cpu") -> list[BenchRow]:
     """The 9-step RQ-spline coupling flow of :func:`mflow_cli.flows.builders.coupling_flow` (LU layers,
-    ResidualNet conditioners with 100 hidden units), fused vs nflows' transforms, on the same weights."""
+    ResidualNet conditioners with 100 hidden units): fused vs nflows' transforms on the same weights
+    (``flow(x)``; loss ½|z|² − log|det|), then vs ``zuko.flows.NSF`` (the negative log-likelihood, both)."""
     from .flows.builders import coupling_flow
 
     dev = torch.device(device)
@@ -181,11 +232,37 @@ def flow_rows(repeats: int = 10, quick: bool = False, device: str = "cpu") -> li
         fused_outs, fused_grads = forward_backward()
         ref_fwd, fused_fwd = paired_median_ms(forward, repeats, dev)
         ref_bwd, fused_bwd = paired_median_ms(forward_backward, repeats, dev)
-        name = f"{layers}-step RQ coupling flow"
+        name = f"{layers}-step RQ coupling flow vs nflows"
         rows += [
-            BenchRow(name, f"{n}×{d}", "fwd", ref_fwd, fused_fwd, _max_diff(ref_out, fused_out)),
+            BenchRow(name, f"{n}×{d}", "fwd", ref_fwd, fused_fwd, _max_diff(ref_out, fused_out), "nflows"),
             BenchRow(name, f"{n}×{d}", "fwd+bwd", ref_bwd, fused_bwd,
-                     _max_diff([*ref_outs, *ref_grads], [*fused_outs, *fused_grads])),
+                     _max_diff([*ref_outs, *ref_grads], [*fused_outs, *fused_grads]), "nflows"),
+        ]
+        peer = _zuko_nsf(d, layers, hidden, dev)
+        if peer is None:
+            continue
+        peer_params = list(peer.parameters())
+
+        def ours_nll(x=x, flow=flow):
+            with torch.no_grad():
+                return _nll(*flow(x))
+
+        def zuko_nll(x=x, peer=peer):
+            with torch.no_grad():
+                return -peer().log_prob(x)
+
+        def ours_step(x=x, flow=flow, params=params):
+            return torch.autograd.grad(_nll(*flow(x)).mean(), params)
+
+        def zuko_step(x=x, peer=peer, params=peer_params):
+            return torch.autograd.grad(-peer().log_prob(x).mean(), params)
+
+        zuko_fwd, ours_fwd = paired_times_ms([zuko_nll, ours_nll], repeats, dev)
+        zuko_bwd, ours_bwd = paired_times_ms([zuko_step, ours_step], repeats, dev)
+        name = f"{layers}-step spline flow NLL vs zuko NSF"
+        rows += [
+            BenchRow(name, f"{n}×{d}", "fwd", zuko_fwd, ours_fwd, float("nan"), "zuko.flows.NSF"),
+            BenchRow(name, f"{n}×{d}", "fwd+bwd", zuko_bwd, ours_bwd, float("nan"), "zuko.flows.NSF"),
         ]
     return rows
 
@@ -219,24 +296,30 @@ def _median_s(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
 def model_rows(
     repeats: int = 10, quick: bool = False, batch: int = 100, threads: int | None = None
 ) -> list[ThroughputRow]:
-    """The two figures the research code is judged by, on the thin-spiral DNF of ``recipes/dnf_spiral.yaml``
+    """The figures the research code is judged by, on the thin-spiral DNF of ``recipes/dnf_spiral.yaml``
     (9 RQ-spline coupling steps with LU layers, 1 inner step, latent dim 1; untrained weights):
 
-    - one training step (loss, backward, AdamW) at ``batch``: fused kernels vs the reference path;
-    - the exact on-manifold density at ``batch`` points: M-flow eq. 3 with J_g from a per-point autograd
-      loop (the research code's way, reference kernels) vs mflow's batched forward-mode pass (fused).
+    - one training step (loss, backward, AdamW) at ``batch``: mflow's (fused kernels, training.py's AdamW) vs the
+      research code's (nflows' layers, torch's default AdamW), two copies of the same weights;
+    - the exact on-manifold density (M-flow eq. 3) at ``batch`` points: J_g by the research code's method
+      (:func:`mflow_cli.jacobian.reverse_mode_jacobian`: one reverse-mode pass per output dimension, batched
+      over the points, nflows' layers) vs mflow's ``log_prob_manifold`` (forward-mode rules, fused kernels);
+    - the same density on a 10,000-point grid (100 × 100 over [-3, 3]², as ``mflow evaluate``'s
+      ``ambient_grid_seconds``) in batches of ``batch``; the research method is timed on 1,000 of the points.
     """
     with _threads(threads):
         return _model_rows(repeats, quick, batch)
 
 
 def _model_rows(repeats: int, quick: bool, batch: int) -> list[ThroughputRow]:
-    from .jacobian import brute_force_jacobian, logdet_gram
+    from .jacobian import logdet_gram, reverse_mode_jacobian
+    from .metrics.manifold import ambient_grid
     from .models.manifold_flow import ManifoldFlow
 
     torch.manual_seed(0)
     model = ManifoldFlow((2,), outer_layers=1 if quick else 9, hidden_features=8 if quick else 100)
     x = torch.randn(batch, 2, generator=torch.Generator().manual_seed(1))
+    cpu = torch.device("cpu")
     with torch.no_grad():  # the same noise draw on both paths
         with kernels.use_reference():
             torch.manual_seed(2)
@@ -244,32 +327,62 @@ def _model_rows(repeats: int, quick: bool, batch: int) -> list[ThroughputRow]:
         torch.manual_seed(2)
         loss_diff = float((model.loss(x, "joint")[0] - ref_loss).abs())
 
-    def loop():
+    def research(points: torch.Tensor = x) -> torch.Tensor:
         with kernels.use_reference():
-            u = model.project(x)[0].detach()
-            jac = brute_force_jacobian(model.decode, u)
-            return (model.latent_log_prob(u) - 0.5 * logdet_gram(jac)).detach()
+            with torch.no_grad():
+                u = model.project(points)[0]
+            _, jac = reverse_mode_jacobian(model.decode, u)
+            with torch.no_grad():
+                return model.latent_log_prob(u) - 0.5 * logdet_gram(jac)
 
-    def batched():
+    def ours(points: torch.Tensor = x) -> torch.Tensor:
         with torch.no_grad():
-            return model.log_prob_manifold(x)[0]
+            return model.log_prob_manifold(points)[0]
 
-    diff = float((loop() - batched()).abs().max())
-    density = ThroughputRow(f"on-manifold density, batch {batch} (points/s)", "per-point autograd loop",
-                            batch / _median_s(loop, max(1, repeats // 5)), batch / _median_s(batched, repeats), diff)
+    diff = float((research() - ours()).abs().max())
+    research_ms, ours_ms = paired_times_ms([research, ours], repeats, cpu)
+    density = ThroughputRow(f"on-manifold density, batch {batch} (points/s)",
+                            "research method: reverse mode per output dim, nflows layers",
+                            1e3 * batch / research_ms, 1e3 * batch / ours_ms, diff)
 
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=1e-4)
+    grid = ambient_grid(3.0, 20 if quick else 100)
+    sample = grid[:: max(1, len(grid) // 1000)][:1000]
 
-    def step():
-        loss, _ = model.loss(x, "joint")
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    def research_grid():
+        return [research(chunk) for chunk in torch.split(sample, batch)]
 
-    ref_ms, fused_ms = paired_median_ms(step, repeats, torch.device("cpu"), warmup=3)
-    training = ThroughputRow(f"DNF training step, batch {batch} (samples/s)", "reference path",
-                             1e3 * batch / ref_ms, 1e3 * batch / fused_ms, loss_diff)
-    return [training, density]  # the density was timed first, on the untrained weights
+    def ours_grid():
+        return [ours(chunk) for chunk in torch.split(grid, batch)]
+
+    research_grid_ms, ours_grid_ms = paired_times_ms([research_grid, ours_grid], max(1, repeats // 5), cpu, 1)
+    grid_diff = float((torch.cat(research_grid()) - ours(sample)).abs().max())
+    grid_row = ThroughputRow(
+        f"{len(grid):,}-point grid, batch {batch}: mflow {ours_grid_ms / 1e3:.2f} s (points/s)",
+        f"research method (on {len(sample):,} of the points)",
+        1e3 * len(sample) / research_grid_ms, 1e3 * len(grid) / ours_grid_ms, grid_diff,
+    )
+
+    twin = copy.deepcopy(model)  # the baseline's own copy: the two optimisers differ
+
+    def stepper(net: torch.nn.Module, reference: bool, **adamw) -> Callable[[], None]:
+        opt = torch.optim.AdamW(net.parameters(), lr=3e-4, weight_decay=1e-4, **adamw)
+
+        def step() -> None:
+            with kernels.use_reference(reference):
+                loss, _ = net.loss(x, "joint")
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+
+        return step
+
+    # baseline: the research code's step (nflows' layers, torch's default per-parameter AdamW loop);
+    # mflow: fused kernels and the AdamW of mflow_cli/training.py (foreach=True)
+    ref_ms, fused_ms = paired_times_ms([stepper(twin, True), stepper(model, False, **TRAINING_ADAMW)], repeats, cpu, 3)
+    training = ThroughputRow(f"DNF training step, batch {batch} (samples/s)",
+                             "same step on nflows' layers, default AdamW", 1e3 * batch / ref_ms, 1e3 * batch / fused_ms,
+                             loss_diff)
+    return [training, density, grid_row]  # the densities were timed first, on the untrained weights
 
 
 def run_bench(
@@ -286,3 +399,106 @@ def run_bench(
         if flows:
             rows += flow_rows(max(1, repeats // 2) if not quick else repeats, quick=quick, device=device)
     return rows
+
+
+# ---------------------------------------------------------------- cost growth
+
+
+@dataclass
+class GrowthRow:
+    """One size of a cost-growth curve: seconds and peak extra resident memory (MB) per point."""
+
+    task: str
+    latent_dim: int
+    data_dim: int
+    batch: int
+    seconds_per_point: float
+    peak_mb_per_point: float
+    research_seconds_per_point: float | None = None  # the reverse-mode method, extrapolated from a few outputs
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def growth_case(task: str, latent_dim: int, data_dim: int, batch: int, repeats: int = 3) -> GrowthRow:
+    """One point of a cost-growth curve, meant for a fresh process (the peak memory is the process's growth):
+
+    - ``mflow_nll``: M-flow's exact negative log-likelihood (M-flow eq. 3, J_g by forward mode through the
+      9-step RQ coupling flow), forward and backward to all parameters;
+    - ``density``: the exact on-manifold log density of a dense stand-in for an image decoder
+      (d → 1024 → D MLP, tanh), J_g by one batched forward-mode pass, then log det(JᵀJ); the research
+      method's cost (one reverse-mode pass per output dimension) is extrapolated from 16 of the D passes.
+    """
+    from .jacobian import batched_jacobian, logdet_gram, reverse_mode_jacobian
+
+    torch.manual_seed(0)
+    research = None
+    if task == "mflow_nll":
+        from .models.manifold_flow import ManifoldFlow
+
+        model = ManifoldFlow((data_dim,), latent_dim=latent_dim, noise_std=0.0, reconstruction_weight=1000.0,
+                             schedule="sequential")  # M-flow's settings
+        x = torch.randn(batch, data_dim)
+
+        def work():
+            nll = -model.log_prob_manifold(x)[0].mean()
+            nll.backward()
+
+    elif task == "density":
+        decoder = torch.nn.Sequential(torch.nn.Linear(latent_dim, 1024), torch.nn.Tanh(),
+                                      torch.nn.Linear(1024, data_dim))
+        u = torch.randn(batch, latent_dim)
+
+        def work():
+            with torch.no_grad():
+                _, jac = batched_jacobian(decoder, u)
+                return logdet_gram(jac)
+
+        outputs = 16
+
+        def research_part():
+            return reverse_mode_jacobian(lambda v: decoder(v)[:, :outputs], u)
+
+    else:
+        raise ValueError(f"task must be mflow_nll or density, got {task!r}")
+    before = _peak_rss_mb()
+    work()  # warm-up, and the peak
+    peak = _peak_rss_mb() - before
+    seconds = _median_s(work, repeats, warmup=0)
+    if task == "density":
+        research = _median_s(research_part, repeats) * data_dim / outputs / batch
+    return GrowthRow(task, latent_dim, data_dim, batch, seconds / batch, peak / batch, research)
+
+
+def growth_rows(threads: int | None = 1) -> list[GrowthRow]:
+    """The cost-growth curves of issue 15, each size in a fresh process: M-flow exact NLL (fwd+bwd) at
+    D = 10, 40, 100, 1,000 (d = 2 and 8), and the on-manifold density at D = 12,288 with
+    d = 8, 32, 64."""
+    import json
+    import subprocess
+    import sys
+
+    cases = [("mflow_nll", d, big, 10) for big in (10, 40, 100, 1000) for d in (2, 8)]
+    cases += [("density", d, 12288, 16) for d in (8, 32, 64)]
+    rows = []
+    for task, d, big, batch in cases:
+        code = (f"import torch, json, dataclasses; torch.set_num_threads({threads or torch.get_num_threads()}); "
+                "from mflow_cli.bench import growth_case; "
+                f"print(json.dumps(dataclasses.asdict(growth_case({task!r}, {d}, {big}, {batch}, repeats=5))))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        rows.append(GrowthRow(**json.loads(out.stdout.strip().splitlines()[-1])))
+    return rows
+
+
+if __name__ == "__main__":  # python -m mflow_cli.bench: the cost-growth curves (minutes)
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    print("task        d      D  batch   ms/point  peak MB/point  research ms/point")
+    for r in growth_rows():
+        research = "" if r.research_seconds_per_point is None else f"{1e3 * r.research_seconds_per_point:14.1f}"
+        print(f"{r.task:10} {r.latent_dim:3} {r.data_dim:6} {r.batch:6} {1e3 * r.seconds_per_point:10.2f}"
+              f" {r.peak_mb_per_point:14.2f} {research}")

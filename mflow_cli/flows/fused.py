@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from nflows import transforms as T
+from nflows.nn.nets import ResidualNet
 
 from .. import kernels
 
@@ -36,6 +37,25 @@ def _identity_part(layer, inputs: torch.Tensor) -> torch.Tensor:
     if layer._identity_slice is None:
         return inputs[:, layer.identity_features]
     return inputs[:, layer._identity_slice]
+
+
+def _functional_ok(net: torch.nn.Module) -> bool:
+    return type(net) is ResidualNet and all(b.activation is F.relu and not b.use_batch_norm for b in net.blocks)
+
+
+def conditioner(net: torch.nn.Module, inputs: torch.Tensor, context=None) -> torch.Tensor:
+    """``net(inputs, context)``; for nflows' ResidualNet (ReLU, no batch norm) the same ops without the eleven
+    module calls per evaluation (initial/final layers, blocks, their linear and dropout layers)."""
+    if context is not None or not _functional_ok(net):
+        return net(inputs, context)
+    h = F.linear(inputs, net.initial_layer.weight, net.initial_layer.bias)
+    for block in net.blocks:
+        first, second = block.linear_layers
+        t = F.relu(F.linear(F.relu(h), first.weight, first.bias))
+        if block.dropout.p > 0:
+            t = block.dropout(t)
+        h = h + F.linear(t, second.weight, second.bias)
+    return F.linear(h, net.final_layer.weight, net.final_layer.bias)
 
 
 class FusedRQCouplingTransform(T.PiecewiseRationalQuadraticCouplingTransform):
@@ -61,7 +81,7 @@ class FusedRQCouplingTransform(T.PiecewiseRationalQuadraticCouplingTransform):
 
     def _run(self, inputs: torch.Tensor, context, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
         _check_features(inputs, self.features)
-        params = self.transform_net(_identity_part(self, inputs), context)
+        params = conditioner(self.transform_net, _identity_part(self, inputs), context)
         params = params.reshape(inputs.shape[0], self.num_transform_features, -1)
         return kernels.rq_coupling(
             inputs, params, self.transform_features, inverse, self.num_bins, self.tail_bound,
@@ -87,7 +107,7 @@ class FusedAffineCouplingTransform(T.AffineCouplingTransform):
 
     def _run(self, inputs: torch.Tensor, context, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
         _check_features(inputs, self.features)
-        params = self.transform_net(_identity_part(self, inputs), context)
+        params = conditioner(self.transform_net, _identity_part(self, inputs), context)
         return kernels.affine_coupling(inputs, params, self.transform_features, inverse)
 
     def forward(self, inputs, context=None):
@@ -104,7 +124,8 @@ class FusedAffineCouplingTransform(T.AffineCouplingTransform):
 class FusedLULinear(T.LULinear):
     """:class:`nflows.transforms.LULinear` whose forward pass builds W = LU with one scatter per triangle and
     applies it in one ``F.linear`` (nflows: four ``index_put`` and two products per call, which dominate
-    small 2-D flows). Same parameters, same ``state_dict``; the inverse is nflows' own."""
+    small 2-D flows), and whose inverse solves with the same triangles (nflows' two triangular solves, without its
+    index_put construction). Same parameters, same ``state_dict``."""
 
     def __init__(self, features: int, using_cache: bool = False, identity_init: bool = True, eps: float = 1e-3):
         super().__init__(features, using_cache, identity_init, eps)
@@ -116,13 +137,26 @@ class FusedLULinear(T.LULinear):
                              persistent=False)
         self.register_buffer("_eye", torch.eye(features), persistent=False)
 
-    def forward_no_cache(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if not kernels.fused_enabled():
-            return super().forward_no_cache(inputs)
+    def _triangles(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """L (unit lower), U (upper) with W = L U, and U's diagonal."""
         d = self.features
         zeros = self.lower_entries.new_zeros(d * d)
         lower = zeros.scatter(0, self._lower_flat, self.lower_entries).view(d, d) + self._eye
         upper_diag = self.upper_diag
         upper = zeros.scatter(0, self._upper_flat, torch.cat([self.upper_entries, upper_diag])).view(d, d)
+        return lower, upper, upper_diag
+
+    def forward_no_cache(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not kernels.fused_enabled():
+            return super().forward_no_cache(inputs)
+        lower, upper, upper_diag = self._triangles()
         outputs = F.linear(inputs, lower @ upper, self.bias)
         return outputs, torch.log(upper_diag).sum().expand(inputs.shape[0]).contiguous()
+
+    def inverse_no_cache(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not kernels.fused_enabled():
+            return super().inverse_no_cache(inputs)
+        lower, upper, upper_diag = self._triangles()  # x = U⁻¹ L⁻¹ (y − b)
+        cols = torch.linalg.solve_triangular(lower, (inputs - self.bias).T, upper=False, unitriangular=True)
+        outputs = torch.linalg.solve_triangular(upper, cols, upper=True).T
+        return outputs, (-torch.log(upper_diag).sum()).expand(inputs.shape[0]).contiguous()

@@ -2,7 +2,9 @@
 
 - :func:`rq_coupling`: rational-quadratic spline coupling (bin search, forward/inverse, log-det);
 - :func:`affine_coupling`: affine coupling with its log-det;
-- :func:`logdet_gram`: batched log det(JᵀJ) of thin Jacobians.
+- :func:`logdet_gram`: batched log det(JᵀJ) of thin Jacobians;
+- :func:`rq_coupling_tangents`, :func:`affine_coupling_tangents`: a coupling op's value and k tangents per
+  row in one call (no-grad evaluation of decoder Jacobians, :func:`mflow_cli.jacobian.decoder_jacobian`).
 
 Each has backward and forward-mode (jvp) rules. Without the extension, or with ``MFLOW_NO_EXT=1``,
 or inside :func:`use_reference`, the same calls run the pure-PyTorch references (:mod:`.reference`).
@@ -11,11 +13,22 @@ or inside :func:`use_reference`, the same calls run the pure-PyTorch references 
 from __future__ import annotations
 
 from ._ext import ext, load_error
-from .ops import affine_coupling, can_fuse, extension_loaded, fused_enabled, logdet_gram, rq_coupling, use_reference
+from .ops import (
+    affine_coupling,
+    affine_coupling_tangents,
+    can_fuse,
+    extension_loaded,
+    fused_enabled,
+    logdet_gram,
+    rq_coupling,
+    rq_coupling_tangents,
+    tangents_fusable,
+    use_reference,
+)
 
 __all__ = [
-    "affine_coupling", "backend_info", "can_fuse", "extension_loaded", "fused_enabled", "logdet_gram",
-    "rq_coupling", "use_reference",
+    "affine_coupling", "affine_coupling_tangents", "backend_info", "can_fuse", "extension_loaded", "fused_enabled",
+    "logdet_gram", "rq_coupling", "rq_coupling_tangents", "tangents_fusable", "use_reference",
 ]
 
 

@@ -29,7 +29,7 @@ from nflows.nn.nets import ResidualNet
 from ..errors import ConfigError
 from ..flows.builders import CouplingKind, InnerKind, LinearKind, coupling_flow, inner_flow
 from ..flows.image import image_flow
-from ..jacobian import batched_jacobian, logdet_gram
+from ..jacobian import decoder_jacobian, flow_outputs, logdet_gram
 from . import objectives
 from .base import Model, standard_normal_log_prob
 from .interfaces import ManifoldModel
@@ -192,7 +192,8 @@ class ManifoldFlow(Model, ManifoldModel):
     def log_prob_manifold(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """On-manifold log density at the projection of x, with the projection and its u.
 
-        Exact (M-flow eq. 3); J_g comes from one batched forward-mode pass (:mod:`mflow_cli.jacobian`).
+        Exact (M-flow eq. 3); J_g from :func:`mflow_cli.jacobian.decoder_jacobian`: one inverse pass carrying the
+        tangents by each layer's forward-mode rule (``torch.func.jvp`` when the result must stay differentiable).
         With d = D (the plain ambient flow) the manifold is R^D itself: x is its own projection and
         ½ log det(J_gᵀJ_g) = −log|det J_f|, read off the flow (no Gram matrix, which may be ill-conditioned
         far from the data).
@@ -200,8 +201,9 @@ class ManifoldFlow(Model, ManifoldModel):
         if self.latent_dim == self.data_dim and self.encoder is None:
             u, _, logdet = self.project(x)
             return self.latent_log_prob(u) + logdet, x.reshape(x.shape[0], -1), u
-        u = self.manifold_coordinates(x)
-        x_proj, jac = batched_jacobian(self.decode, u)
+        x = x.reshape(x.shape[0], -1)
+        u = self.encoder(x) if self.encoder is not None else flow_outputs(self.outer, x)[:, : self.latent_dim]
+        x_proj, jac = decoder_jacobian(self.outer, u, self.data_dim)
         return self.latent_log_prob(u) - 0.5 * logdet_gram(jac), x_proj, u
 
     # ------------------------------------------------------------------ training

@@ -1,0 +1,40 @@
+"""``mflow bench``'s rows at tiny sizes (a smoke test of the comparisons, not a benchmark): every row names its
+baseline, the paths compared agree where they compute the same thing, and zuko's rows appear when it is installed."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import pytest
+
+from mflow_cli import kernels
+from mflow_cli.bench import flow_rows, growth_case, model_rows
+
+needs_ext = pytest.mark.skipif(not kernels.extension_loaded(), reason="mflow_cli._C not built")
+
+
+@needs_ext
+def test_flow_rows_name_their_baselines():
+    rows = flow_rows(repeats=1, quick=True)
+    assert all(r.baseline and r.baseline in r.kernel.replace("zuko NSF", "zuko.flows.NSF") for r in rows)
+    nflows_rows = [r for r in rows if r.baseline == "nflows"]
+    assert len(nflows_rows) == 2 and all(r.max_abs_diff < 1e-3 for r in nflows_rows)
+    zuko_rows = [r for r in rows if r.baseline == "zuko.flows.NSF"]
+    assert len(zuko_rows) == (2 if importlib.util.find_spec("zuko") else 0)
+    assert all(r.reference_ms > 0 and r.fused_ms > 0 and math.isnan(r.max_abs_diff) for r in zuko_rows)
+
+
+def test_model_rows_compare_the_same_densities():
+    training, density, grid = model_rows(repeats=1, quick=True, threads=1)
+    assert "research method" in density.baseline and "research method" in grid.baseline
+    assert "400-point grid" in grid.task
+    for row in (training, density, grid):
+        assert row.baseline_per_s > 0 and row.mflow_per_s > 0 and row.max_abs_diff < 1e-3
+
+
+def test_growth_case_reports_time_and_memory_per_point():
+    row = growth_case("density", 2, 64, 4, repeats=1)
+    assert row.seconds_per_point > 0 and row.research_seconds_per_point > 0 and row.peak_mb_per_point >= 0
+    with pytest.raises(ValueError, match="task must be"):
+        growth_case("nope", 2, 64, 4)
