@@ -143,7 +143,7 @@ def _compare(
     ]
 
 
-TRAINING_ADAMW = dict(foreach=True)  # keep in step with the optimiser of mflow_cli/training.py
+TRAINING_ADAMW = dict(fused=True)  # keep in step with the optimiser of mflow_cli/training.py
 
 SPLINE = dict(num_bins=5, tail_bound=3.0, min_bin_width=1e-3, min_bin_height=1e-3, min_derivative=1e-3,
               divisor=10.0)

@@ -206,7 +206,8 @@ def _extend_schedule(optimizer: torch.optim.Optimizer, scheduler, total_steps: i
 
 def _make_optimizer(model: torch.nn.Module, phase: str, config: TrainConfig, total_steps: int):
     params = [p for p in model.phase_parameters(phase) if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
+    # fused: one kernel for the whole step (CPU and CUDA); 4.3 -> 1.3 ms of a ~25 ms thin-spiral DNF step
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
     if config.lr_schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
     else:

@@ -333,21 +333,22 @@ def bench(
         return
     with console.status("benchmarking"):
         rows = run_bench(repeats=repeats, threads=threads, quick=quick, device=device, flows=flows)
-    table = Table(title=f"fused vs reference ({device}, {torch.get_num_threads() if threads is None else threads} "
-                        f"thread(s), median of {repeats})")
-    for col in ("kernel", "size", "pass"):
+    table = Table(title=f"mflow vs baselines ({device}, {torch.get_num_threads() if threads is None else threads} "
+                        f"thread(s), median of {repeats} paired rounds)")
+    for col in ("kernel vs baseline", "size", "pass"):
         table.add_column(col)
-    for col in ("reference ms", "fused ms", "speed-up", "max |Δ|"):
+    for col in ("baseline ms", "mflow ms", "speed-up", "max |Δ|"):
         table.add_column(col, justify="right")
     for r in rows:
+        diff = "other model" if r.max_abs_diff != r.max_abs_diff else f"{r.max_abs_diff:.1e}"
         table.add_row(r.kernel, r.size, r.mode, f"{r.reference_ms:.3f}", f"{r.fused_ms:.3f}", f"{r.speedup:.2f}×",
-                      f"{r.max_abs_diff:.1e}")
+                      diff)
     console.print(table)
     if not models or device != "cpu":
         return
     with console.status("timing the thin-spiral DNF"):
         end_to_end = model_rows(repeats=repeats, quick=quick, threads=threads)
-    table = Table(title="thin-spiral DNF end to end (recipes/dnf_spiral.yaml architecture)")
+    table = Table(title="thin-spiral DNF end to end (recipes/dnf_spiral.yaml architecture), baselines named")
     for col in ("task", "baseline"):
         table.add_column(col)
     for col in ("baseline /s", "mflow /s", "speed-up", "max |Δ|"):
