@@ -6,6 +6,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import helpers
 import pytest
 import torch
 import yaml
@@ -17,15 +18,7 @@ torch.set_num_threads(1)
 @pytest.fixture
 def tiny_recipe(tmp_path: Path) -> Path:
     """A DNF on the thin spiral small enough to train in a few seconds."""
-    doc = {
-        "name": "tiny",
-        "seed": 3,
-        "data": {"name": "thin_spiral", "n_train": 400, "n_test": 100},
-        "model": {"kind": "dnf", "outer_layers": 2, "hidden_features": 16, "num_blocks": 1},
-        "train": {"epochs": 2, "batch_size": 100},
-        "evaluate": {"manifold_grid_points": 500, "ambient_grid_size": 10, "n_samples": 100},
-        "plot": {"n_samples": 100, "grid_size": 20},
-    }
+    doc = helpers.tiny_recipe()
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path

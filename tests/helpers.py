@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Literal
 
 import torch
@@ -45,3 +46,37 @@ class TinyImages(Dataset, PixelData, Labelled):
 
     def labels(self, split: Literal["train", "test"] = "test") -> torch.Tensor:
         return torch.arange(len(self._levels[split])) % self.num_labels
+
+
+TINY_RECIPE = {
+    "name": "tiny",
+    "seed": 3,
+    "data": {"name": "thin_spiral", "n_train": 400, "n_test": 100},
+    "model": {"kind": "dnf", "outer_layers": 2, "hidden_features": 16, "num_blocks": 1},
+    "train": {"epochs": 2, "batch_size": 100},
+    "evaluate": {"manifold_grid_points": 500, "ambient_grid_size": 10, "n_samples": 100},
+    "plot": {"grid_size": 20},
+}
+"""The one tiny recipe of the tests: a DNF on the thin spiral that trains in a few seconds (copy before changing)."""
+
+
+def tiny_recipe(**sections) -> dict:
+    """A deep copy of :data:`TINY_RECIPE` with whole sections or top-level keys replaced."""
+    doc = copy.deepcopy(TINY_RECIPE)
+    doc.update(copy.deepcopy(sections))
+    return doc
+
+
+def perturbed_manifold_flow(kind: str, data_shape: tuple[int, ...] = (2,), **kw):
+    """A small float64 manifold flow of a catalog kind, its weights moved away from their identity start."""
+    from mflow_cli.app.catalog import MODELS
+
+    torch.manual_seed(0)
+    kw.setdefault("outer_layers", 3)
+    if kind == "me_flow":
+        kw.setdefault("encoder_hidden", 16)
+    model = MODELS[kind].build(data_shape, hidden_features=16, num_blocks=1, **kw).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return model.eval()

@@ -93,4 +93,4 @@ def test_pae_spiral_recipe_trains_and_evaluates(tmp_path):
     train_run(recipe, tmp_path / "run")
     metrics = evaluate_run(tmp_path / "run")
     assert math.isfinite(metrics["test_log_likelihood_manifold"]) and math.isfinite(metrics["kl_true_model"])
-    assert metrics["reconstruction_error"] > 0
+    assert metrics["reconstruction_mean_squared_distance"] > 0

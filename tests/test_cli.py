@@ -13,20 +13,13 @@ import torch
 def trained(tmp_path_factory):
     """One tiny trained run shared by the tests below."""
     import yaml
+    from helpers import tiny_recipe
 
     from mflow_cli.app.recipe import validate
     from mflow_cli.app.runs import train_run
 
     root = tmp_path_factory.mktemp("run")
-    doc = {
-        "name": "tiny",
-        "seed": 3,
-        "data": {"name": "thin_spiral", "n_train": 400, "n_test": 100},
-        "model": {"kind": "dnf", "outer_layers": 2, "hidden_features": 16, "num_blocks": 1},
-        "train": {"epochs": 2, "batch_size": 100},
-        "evaluate": {"manifold_grid_points": 500, "ambient_grid_size": 10, "n_samples": 100},
-        "plot": {"n_samples": 100, "grid_size": 20},
-    }
+    doc = tiny_recipe()
     (root / "tiny.yaml").write_text(yaml.safe_dump(doc))
     train_run(validate(doc, "tiny.yaml"), root / "run")
     return root / "run"
@@ -75,7 +68,7 @@ def test_evaluate_and_plot(trained, tmp_path, mflow):
     out = tmp_path / "m.json"
     assert mflow("evaluate", trained, "-o", out) == 0
     metrics = json.loads(out.read_text())
-    for key in ("test_log_likelihood_manifold", "reconstruction_error", "kl_true_model"):
+    for key in ("test_log_likelihood_manifold", "reconstruction_mean_squared_distance", "kl_true_model"):
         assert isinstance(metrics[key], float)
     assert metrics["kl_true_model"] >= 0
     assert mflow("plot", trained) == 0

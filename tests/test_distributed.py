@@ -13,21 +13,20 @@ import sys
 
 import torch
 import yaml
+from helpers import tiny_recipe
 
 from mflow_cli import io
 from mflow_cli.app.recipe import validate
 from mflow_cli.app.runs import build_model, train_run
 from mflow_cli.models.manifold_flow import ManifoldFlow
 
-RECIPE = {
-    "name": "ddp",
-    "seed": 5,
-    "data": {"name": "thin_spiral", "n_train": 400, "n_test": 100},
-    # M-flow's sequential schedule: two phases, each training a part of the model (a new DDP per phase,
-    # parameters unused in a phase); no noise inflation, so one process and two see the same gradients.
-    "model": {"kind": "mflow", "outer_layers": 2, "hidden_features": 16, "num_blocks": 1},
-    "train": {"epochs": {"manifold": 1, "density": 1}, "batch_size": 100, "checkpoint_every": 3},
-}
+# M-flow's sequential schedule: two phases, each training a part of the model (a new DDP per phase,
+# parameters unused in a phase); no noise inflation, so one process and two see the same gradients.
+RECIPE = tiny_recipe(name="ddp", seed=5, train={"epochs": {"manifold": 1, "density": 1}, "batch_size": 100,
+                                                "checkpoint_every": 3})
+RECIPE["model"]["kind"] = "mflow"
+for section in ("evaluate", "plot"):
+    del RECIPE[section]
 NAN_AT_CALL = 3  # rank 1's third loss is NaN; rank 0's is fine
 
 # Runs on every rank: the real CLI entry point, with the model captured and rank 1's 3rd loss made NaN.

@@ -4,24 +4,12 @@ import math
 
 import pytest
 import torch
+from helpers import perturbed_manifold_flow as small
 
-from mflow_cli.app.catalog import MODELS
 from mflow_cli.jacobian import batched_jacobian, brute_force_jacobian, logdet_gram
 
-DNF, MFlow = MODELS["dnf"].build, MODELS["mflow"].build
 
-
-def small(cls, data_shape=(2,), **kw):
-    torch.manual_seed(0)
-    model = cls(data_shape, outer_layers=3, hidden_features=16, num_blocks=1, **kw).double()
-    # Move the spline/LU parameters away from their identity initialisation.
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    return model.eval()
-
-
-@pytest.mark.parametrize("cls", [DNF, MFlow])
+@pytest.mark.parametrize("cls", ["dnf", "mflow"])
 def test_outer_and_inner_round_trip(cls):
     model = small(cls)
     x = torch.randn(64, 2, dtype=torch.float64)
@@ -35,7 +23,7 @@ def test_outer_and_inner_round_trip(cls):
 
 
 def test_ambient_density_integrates_to_one():
-    model = small(DNF, off_manifold_std=1.0)
+    model = small("dnf", off_manifold_std=1.0)
     axis = torch.linspace(-12, 12, 481, dtype=torch.float64)
     xx, yy = torch.meshgrid(axis, axis, indexing="xy")
     grid = torch.stack([xx.reshape(-1), yy.reshape(-1)], 1)
@@ -47,7 +35,7 @@ def test_ambient_density_integrates_to_one():
 
 @pytest.mark.parametrize("data_dim,latent_dim", [(2, 1), (4, 2), (5, 3)])
 def test_batched_jacobian_equals_brute_force(data_dim, latent_dim):
-    model = small(MFlow, data_shape=(data_dim,), latent_dim=latent_dim)
+    model = small("mflow", data_shape=(data_dim,), latent_dim=latent_dim)
     u = torch.randn(7, latent_dim, dtype=torch.float64)
     out, jac = batched_jacobian(model.decode, u)
     ref = brute_force_jacobian(model.decode, u)
@@ -58,7 +46,7 @@ def test_batched_jacobian_equals_brute_force(data_dim, latent_dim):
 
 
 def test_manifold_density_matches_per_point_autograd():
-    model = small(MFlow)
+    model = small("mflow")
     x = torch.randn(5, 2, dtype=torch.float64)
     log_p, x_proj, u = model.log_prob_manifold(x)
     for i in range(5):
@@ -73,7 +61,7 @@ def test_manifold_density_matches_per_point_autograd():
 
 def test_manifold_density_integrates_to_one_on_the_learned_curve():
     """∫ p(g(u)) |g'(u)| du over the learned 1-D manifold is the inner density's mass, i.e. 1."""
-    model = small(MFlow)
+    model = small("mflow")
     z = torch.linspace(-9, 9, 20001, dtype=torch.float64)[:, None]
     with torch.no_grad():
         u, _ = model.inner.inverse(z)  # covers the inner density's mass
@@ -85,7 +73,7 @@ def test_manifold_density_integrates_to_one_on_the_learned_curve():
 
 
 def test_phases_and_losses():
-    mflow = small(MFlow)
+    mflow = small("mflow")
     assert mflow.phases() == ["manifold", "density"]
     x = torch.randn(16, 2, dtype=torch.float64)
     # The density phase trains only the inner flow, the manifold phase only the outer flow.
@@ -98,6 +86,6 @@ def test_phases_and_losses():
     loss.backward()
     assert all(p.grad is None for p in mflow.inner.parameters())
     assert set(logs) == {"mse"}
-    dnf = small(DNF)
+    dnf = small("dnf")
     loss, logs = dnf.loss(x, "joint")
     assert set(logs) == {"mse", "nll"} and torch.isfinite(loss)

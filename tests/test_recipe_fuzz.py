@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import tiny_recipe
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -26,13 +27,7 @@ from mflow_cli.errors import ConfigError
 from mflow_cli.training import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = {
-    "name": "tiny",
-    "seed": 3,
-    "data": {"name": "thin_spiral", "n_train": 400, "n_test": 100},
-    "model": {"kind": "dnf", "outer_layers": 2, "hidden_features": 16, "num_blocks": 1},
-    "train": {"epochs": 2, "batch_size": 100},
-}
+TINY = {k: v for k, v in tiny_recipe().items() if k not in ("evaluate", "plot")}
 BASES = [TINY] + [yaml.safe_load(p.read_text()) for p in sorted((ROOT / "recipes").glob("*.yaml"))]
 
 

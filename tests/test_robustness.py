@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import tiny_recipe
 
 from mflow_cli import io
 from mflow_cli.app.recipe import validate
@@ -28,13 +29,9 @@ from mflow_cli.models.manifold_flow import ManifoldFlow
 from mflow_cli.training import TrainingDiverged
 
 # 3 epochs x 4 batches; checkpoints after steps 3, 4 (epoch), 6, 8 (epoch), 9, 12 (epoch).
-RECIPE = {
-    "name": "robust",
-    "seed": 11,
-    "data": {"name": "thin_spiral", "n_train": 400, "n_test": 100},
-    "model": {"kind": "dnf", "outer_layers": 2, "hidden_features": 16, "num_blocks": 1},
-    "train": {"epochs": 3, "batch_size": 100, "checkpoint_every": 3},
-}
+RECIPE = tiny_recipe(name="robust", seed=11, train={"epochs": 3, "batch_size": 100, "checkpoint_every": 3})
+for section in ("evaluate", "plot"):
+    del RECIPE[section]
 
 # Driver: the real CLI, with one loss call (HOLD_LOSS=k) or one torch.save call (HOLD_SAVE=k) held
 # until GO_FILE appears. A held save has already written half of the checkpoint's temp file.

@@ -272,5 +272,6 @@ def test_evaluator_fid_uses_a_cached_feature_classifier(tmp_path):
     cached = list(tmp_path.glob("fid_classifier_*_kmeans.pt"))
     assert len(cached) == 1
     second = evaluate_vq_flow(model, data, AtlasEvaluation(**kw))  # same seed, classifier loaded from the cache
-    assert first["fid"] is not None and first["fid"] > 0 and math.isclose(first["fid"], second["fid"], rel_tol=1e-9)
+    fid, fid_again = first["frechet_feature_distance"], second["frechet_feature_distance"]
+    assert fid is not None and fid > 0 and math.isclose(fid, fid_again, rel_tol=1e-9)
     assert first["mean_test_distance_to_support"] < first["mean_sample_distance_to_support"]

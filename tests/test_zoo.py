@@ -4,25 +4,13 @@ import math
 
 import pytest
 import torch
+from helpers import perturbed_manifold_flow as small
 
 from mflow_cli.app.catalog import MODELS
 from mflow_cli.models.base import standard_normal_log_prob
 from mflow_cli.models.manifold_flow import ManifoldFlow
 
 # the catalog's kinds, as constructors: the preset, then the test's own arguments
-AmbientFlow, PIE, MFlow, MeFlow, DNF = (MODELS[k].build for k in ("ambient_flow", "pie", "mflow", "me_flow", "dnf"))
-
-
-def small(cls, data_shape=(2,), **kw):
-    torch.manual_seed(0)
-    kw.setdefault("outer_layers", 3)
-    if cls == MeFlow:
-        kw.setdefault("encoder_hidden", 16)
-    model = cls(data_shape, hidden_features=16, num_blocks=1, **kw).double()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    return model.eval()
 
 
 def grads(params):
@@ -35,7 +23,7 @@ def test_kinds_are_in_the_catalog():
 
 
 def test_ambient_flow_density_integrates_to_one_and_equals_manifold_density():
-    model = small(AmbientFlow)
+    model = small("ambient_flow")
     assert model.latent_dim == 2 and model.has_ambient_density
     axis = torch.linspace(-10, 10, 401, dtype=torch.float64)
     xx, yy = torch.meshgrid(axis, axis, indexing="xy")
@@ -59,7 +47,7 @@ def test_ambient_flow_density_integrates_to_one_and_equals_manifold_density():
 
 
 def test_pie_loss_is_the_ambient_likelihood_with_narrow_off_manifold_gaussian():
-    model = small(PIE)
+    model = small("pie")
     x = torch.randn(32, 2, dtype=torch.float64)
     loss, logs = model.loss(x, "joint")
     assert set(logs) == {"nll"}
@@ -69,7 +57,7 @@ def test_pie_loss_is_the_ambient_likelihood_with_narrow_off_manifold_gaussian():
 
 
 def test_me_flow_joint_loss_and_gradients():
-    model = small(MeFlow, reconstruction_weight=10.0)
+    model = small("me_flow", reconstruction_weight=10.0)
     assert not model.has_ambient_density
     x = torch.randn(16, 2, dtype=torch.float64)
     loss, logs = model.loss(x, "joint")
@@ -95,7 +83,7 @@ def test_me_flow_joint_loss_and_gradients():
     assert abs(float((up - down) / (2 * h)) - analytic) < 1e-4 * max(1.0, abs(analytic))
 
 
-@pytest.mark.parametrize("cls", [MeFlow, DNF])
+@pytest.mark.parametrize("cls", ["me_flow", "dnf"])
 def test_sequential_phases_train_disjoint_parameters(cls):
     model = small(cls, schedule="sequential")
     assert model.phases() == ["manifold", "density"]
@@ -111,7 +99,7 @@ def test_sequential_phases_train_disjoint_parameters(cls):
 
 
 def test_alternating_schedule_alternates_manifold_and_density_steps():
-    model = small(MFlow, schedule="alternating")
+    model = small("mflow", schedule="alternating")
     assert model.phases() == ["alternating"]
     x = torch.randn(16, 2, dtype=torch.float64)
     seen = []
@@ -125,11 +113,11 @@ def test_alternating_schedule_alternates_manifold_and_density_steps():
 
 def test_loss_weights():
     x = torch.randn(16, 2, dtype=torch.float64)
-    base = small(DNF, noise_std=0.0)
+    base = small("dnf", noise_std=0.0)
     torch.manual_seed(1)
     l0, logs = base.loss(x, "joint")
     assert abs(l0.item() - (logs["mse"] + logs["nll"])) < 1e-9
-    weighted = small(DNF, noise_std=0.0, nll_weight=0.5, reconstruction_weight=3.0, latent_l2_weight=0.1)
+    weighted = small("dnf", noise_std=0.0, nll_weight=0.5, reconstruction_weight=3.0, latent_l2_weight=0.1)
     l1, logs1 = weighted.loss(x, "joint")
     u, v, _ = weighted.project(x)
     l2 = torch.cat([u, v], 1).pow(2).sum(1).mean()
@@ -137,7 +125,7 @@ def test_loss_weights():
 
 
 def test_every_kind_samples_and_encodes():
-    for cls in (AmbientFlow, PIE, MFlow, MeFlow, DNF):
+    for cls in ("ambient_flow", "pie", "mflow", "me_flow", "dnf"):
         model = small(cls)
         torch.manual_seed(0)
         s = model.sample(7)

@@ -192,26 +192,44 @@ def evaluate(
 
 
 def _print_metrics(metrics: dict, title: Text) -> None:
-    table = Table(title=title)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, value in metrics.items():
-        table.add_row(Text(key), Text(f"{value:.6g}" if isinstance(value, float) else str(value)))
-    console.print(table)
+    """Two tables: the quality metrics (meaning, unit, which way is better) and the machine-dependent timings."""
+    from ..metrics.glossary import metadata_block, split_timings
+
+    about = metadata_block(metrics)
+    quality, timings = split_timings(metrics)
+    for rows, heading in ((quality, title), (timings, Text("timings (this machine, not a quality measure)"))):
+        if not rows:
+            continue
+        table = Table(title=heading)
+        for col, justify in (("metric", "left"), ("value", "right"), ("unit", "left"), ("better", "left"),
+                             ("what it is", "left")):
+            table.add_column(col, justify=justify)
+        for key, value in rows.items():
+            shown = f"{value:.6g}" if isinstance(value, float) else ("n/a" if value is None else str(value))
+            table.add_row(Text(key), Text(shown), Text(about[key]["unit"]), Text(about[key]["better"]),
+                          Text(about[key]["name"]))
+        console.print(table)
 
 
 @command()
-def plot(run_dir: Path = RUN_DIR) -> None:
+def plot(
+    run_dir: Path = RUN_DIR,
+    samples: Optional[Path] = typer.Option(None, "--samples", metavar="FILE.h5",
+                                           help="Draw these samples (e.g. from mflow sample) instead of fresh ones."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", metavar="NAME",
+                                          help="Dataset name in FILE.h5 (default: its only one)."),
+) -> None:
     """Draw PNG figures (training curves, samples over data, densities) into RUN_DIR/plots.
 
     \b
-    Example:
+    Examples:
       mflow plot runs/dnf_spiral
+      mflow plot runs/dnf_spiral --samples runs/dnf_spiral/samples.h5
     """
     from .runs import plot_run
 
     with console.status("plotting"):
-        paths = plot_run(run_dir)
+        paths = plot_run(run_dir, samples, dataset)
     for path in paths:
         console.print(Text(f"wrote {path}"))
 

@@ -545,10 +545,22 @@ def _log_likelihoods_to_original_units(run: OpenRun, dataset: Dataset, metrics: 
     return metrics
 
 
-def plot_run(run_dir: str | Path) -> list[Path]:
-    """Draw the family's figures into ``RUN_DIR/plots``; return their paths."""
+def plot_run(run_dir: str | Path, samples: str | Path | None = None, samples_dataset: str | None = None,
+             max_samples: int = 100_000) -> list[Path]:
+    """Draw the family's figures into ``RUN_DIR/plots``; return their paths.
+
+    ``samples``: an HDF5 file of the model's samples (e.g. from ``mflow sample``) to draw instead of fresh ones
+    (its first ``max_samples`` rows).
+    """
     run = load_for_command(run_dir)
     recipe, model = run.recipe, run.model
+    given = None
+    if samples is not None:
+        name, n = io.open_h5_input(samples, samples_dataset, model.data_shape)
+        rows = [batch for _, batch in io.iter_h5_batches(samples, name, min(n, max_samples))][:1]
+        given = run.to_model_units(rows[0]) if rows else None
+        if given is None:
+            raise ConfigError(f"{samples}: holds no samples (0 rows)")
     with run_lock(Path(run_dir)):
         dataset = build_dataset(recipe)
         records = io.read_jsonl(Path(run_dir) / METRICS_FILE)
@@ -556,4 +568,4 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         out_dir.mkdir(parents=True, exist_ok=True)
         drawing = evaluation(recipe)
         options, figures = drawing.options(**recipe.evaluate), drawing.figures(**recipe.plot)
-        return drawing.plot(model, dataset, records, out_dir, options, figures)
+        return drawing.plot(model, dataset, records, out_dir, options, figures, samples=given)
