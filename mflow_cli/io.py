@@ -283,8 +283,22 @@ class H5Writer:
         self._ctx.__exit__(*exc)
 
 
-def open_h5_input(path: str | Path, dataset: str | None, sample_shape: tuple[int, ...]) -> tuple[str, int]:
-    """Check that ``path`` holds a float dataset of shape (N, *sample_shape); return its name and N."""
+def _h5_link(fh: h5py.File, name: str) -> object:
+    """The link object of ``name`` (hard, soft or external), without following it; None if absent."""
+    try:
+        return fh.get(name, getlink=True)
+    except (KeyError, ValueError):
+        return None
+
+
+def open_h5_input(
+    path: str | Path, dataset: str | None, sample_shape: tuple[int, ...], allow_external_links: bool = False
+) -> tuple[str, int]:
+    """Check that ``path`` holds a float dataset of shape (N, *sample_shape), N >= 1; return its name and N.
+
+    Soft links that lead nowhere and external links (to another file, e.g. ``/etc/passwd``) are refused with one
+    line; ``allow_external_links`` accepts the latter.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"input file not found: {path}")
@@ -293,22 +307,37 @@ def open_h5_input(path: str | Path, dataset: str | None, sample_shape: tuple[int
     except OSError:
         raise ConfigError(f"{path}: not a readable HDF5 file (truncated or another format)") from None
     with fh:
+        def datasets() -> list[str]:
+            return [k for k in fh if isinstance(_h5_link(fh, k), h5py.HardLink) and isinstance(fh[k], h5py.Dataset)]
+
         if dataset is None:
-            names = [k for k, v in fh.items() if isinstance(v, h5py.Dataset)]
+            names = datasets()
             if len(names) != 1:
                 listed = ", ".join(names) or "none"
                 raise ConfigError(f"{path}: pass --dataset NAME (datasets in the file: {listed})")
             dataset = names[0]
-        if dataset not in fh or not isinstance(fh[dataset], h5py.Dataset):
-            listed = ", ".join(k for k, v in fh.items() if isinstance(v, h5py.Dataset)) or "none"
-            raise ConfigError(f"{path}: no dataset '{dataset}' (datasets in the file: {listed})")
-        ds = fh[dataset]
+        link = _h5_link(fh, dataset)
+        if isinstance(link, h5py.ExternalLink) and not allow_external_links:
+            raise ConfigError(f"{path}:{dataset}: is an external link (to {link.filename}); refused")
+        try:
+            target = fh.get(dataset) if link is not None else None
+        except (KeyError, OSError, ValueError):
+            target = None
+        if not isinstance(target, h5py.Dataset):
+            listed = ", ".join(datasets()) or "none"
+            if link is None:
+                raise ConfigError(f"{path}: no dataset '{dataset}' (datasets in the file: {listed})")
+            kind = "a link that leads nowhere" if target is None else "not a dataset"
+            raise ConfigError(f"{path}: '{dataset}' is {kind} (datasets in the file: {listed})")
+        ds = target
         if ds.dtype.kind != "f":
             raise ConfigError(f"{path}:{dataset}: dtype {ds.dtype} is not floating point")
         want = (None, *sample_shape)
         if ds.ndim != len(want) or tuple(ds.shape[1:]) != tuple(sample_shape):
             expect = "(N, " + ", ".join(str(s) for s in sample_shape) + ")"
             raise ConfigError(f"{path}:{dataset}: shape {tuple(ds.shape)} does not match the model's {expect}")
+        if ds.shape[0] == 0:
+            raise ConfigError(f"{path}:{dataset}: holds 0 rows; nothing to do")
         return dataset, int(ds.shape[0])
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -32,6 +33,10 @@ from .recipe import Recipe, short_repr, validate, write_yaml
 
 if TYPE_CHECKING:
     from .progress import Reporter
+
+log = logging.getLogger("mflow")
+DENSITY_OUTPUTS = ("log_prob", "log_prob_ambient", "elbo")
+"""The outputs of ``encode`` that are log densities of its input."""
 
 SPLIT_FILE = "split.json"
 MODEL_FILE = "model.pt"
@@ -502,11 +507,17 @@ def encode_h5(
     with io.H5Writer(out, shapes, attrs) as writer:
         if progress:
             progress.start("encode", n)
+        non_finite = 0
         for start, batch in io.iter_h5_batches(inp, name, batch_size):
             x = run.to_model_units(batch).to(device)
-            writer.write(start, run.outputs_to_original_units(x, model.encode(x)))
+            encoded = run.outputs_to_original_units(x, model.encode(x))
+            non_finite += sum(int((~torch.isfinite(encoded[k])).sum()) for k in DENSITY_OUTPUTS if k in encoded)
+            writer.write(start, encoded)
             if progress:
                 progress.advance(len(batch))
+    if non_finite:
+        log.warning("%s: %d log densities are -inf or NaN (inputs far outside the data the model was trained on?)",
+                    out, non_finite)
     return Path(out)
 
 

@@ -29,6 +29,20 @@ def linear_layer(features: int, kind: LinearKind) -> T.Transform:
     return T.RandomPermutation(features)
 
 
+def check_flow_sizes(
+    layers: int, spline_bins: int, spline_range: float, hidden_features: int, num_blocks: int, dropout: float
+) -> None:
+    """Raise :class:`ConfigError` for flow sizes no flow can have (the recipe keys' names in the message)."""
+    for name, value, low in (("layers", layers, 0), ("spline_bins", spline_bins, 1), ("hidden_features",
+                             hidden_features, 1), ("num_blocks", num_blocks, 1)):
+        if value < low:
+            raise ConfigError(f"{name} must be >= {low}, got {value}")
+    if not spline_range > 0:
+        raise ConfigError(f"spline_range must be > 0, got {spline_range}")
+    if not 0 <= dropout < 1:
+        raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
+
+
 def _net_factory(hidden_features: int, num_blocks: int, dropout: float):
     def create(in_features: int, out_features: int) -> ResidualNet:
         return ResidualNet(
@@ -54,6 +68,7 @@ def coupling_flow(
     """``layers`` coupling steps on ``features`` dims, each preceded by a permutation/LU layer."""
     if features < 2:
         raise ConfigError("a coupling flow needs at least 2 features")
+    check_flow_sizes(layers, spline_bins, spline_range, hidden_features, num_blocks, dropout)
     net = _net_factory(hidden_features, num_blocks, dropout)
     steps: list[T.Transform] = []
     for i in range(layers):
@@ -85,6 +100,7 @@ def inner_flow(
     dropout: float = 0.0,
 ) -> T.Transform:
     """The density flow on the latent manifold coordinates (any ``features`` >= 1)."""
+    check_flow_sizes(layers, spline_bins, spline_range, hidden_features, num_blocks, dropout)
     if kind != "affine_autoregressive" and features >= 2:
         return coupling_flow(
             features, layers, kind=kind, linear=linear, spline_bins=spline_bins, spline_range=spline_range,
