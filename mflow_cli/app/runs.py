@@ -57,6 +57,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
 
     A second writer is refused with the holder's PID; the lock file is never followed through a symlink.
     """
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK_FILE
     try:
@@ -73,7 +74,12 @@ def run_lock(run_dir: Path) -> Iterator[None]:
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
+        try:
+            yield
+        finally:  # a run that failed before writing anything leaves no folder behind
+            if created and run_dir.is_dir() and {p.name for p in run_dir.iterdir()} == {LOCK_FILE}:
+                path.unlink()
+                run_dir.rmdir()
     finally:
         os.close(fd)  # releases the lock
 
