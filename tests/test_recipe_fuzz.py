@@ -20,7 +20,6 @@ from helpers import tiny_recipe
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mflow_cli import datasets, metrics, models, plots  # noqa: F401  (registers everything)
 from mflow_cli.app.catalog import DATASETS, MODELS
 from mflow_cli.app.recipe import SECTIONS, TOP_LEVEL, Recipe, load_recipe, validate
 from mflow_cli.errors import ConfigError
@@ -164,6 +163,49 @@ def test_recipe_files_and_set_overrides(text, sets):
             assert str(err) and "\n" not in str(err)
             return
         assert _same(validate(recipe.to_dict(), "again"), recipe)
+
+
+@st.composite
+def hostile_documents(draw) -> str:
+    """A valid recipe's text with hostile YAML spliced in: a duplicated key, aliases that multiply, deep nesting,
+    or a huge value, at a random key."""
+    base = yaml.safe_dump(draw(mutated_recipes()))
+    key = draw(st.sampled_from(NAMES))
+    kind = draw(st.sampled_from(["duplicate", "aliases", "nesting", "huge"]))
+    if kind == "duplicate":
+        return base + f"{key}: 1\n{key}: 2\n"
+    if kind == "aliases":
+        levels, width = draw(st.integers(1, 8)), draw(st.integers(2, 9))
+        text = "v0: &v0 [" + ", ".join(["x"] * width) + "]\n"
+        for i in range(1, levels + 1):
+            text += f"v{i}: &v{i} [" + ", ".join([f"*v{i - 1}"] * width) + "]\n"
+        return text + base.replace(f"{key}:", f"{key}: *v{levels}\n_{key}:", 1)
+    if kind == "nesting":
+        depth = draw(st.integers(1, 400))
+        return base + f"{key}: " + "[" * depth + "]" * depth + "\n"
+    size = draw(st.integers(1, 300_000))
+    return base + f"{key}: [" + "7," * size + "7]\n"
+
+
+@settings(max_examples=int(os.environ.get("MFLOW_FUZZ_EXAMPLES", 150)) // 3, deadline=None,
+          suppress_health_check=list(HealthCheck))
+@given(text=hostile_documents())
+def test_hostile_yaml_is_bounded_one_line_or_valid(text):
+    """Duplicated keys, multiplying aliases, deep nesting and huge values: each either validates (and round-trips) or
+    is one ConfigError line, within seconds, never a RecursionError or a memory blow-up."""
+    import time
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "hostile.yaml"
+        path.write_text(text)
+        start = time.monotonic()
+        try:
+            recipe = load_recipe(path)
+        except ConfigError as err:
+            assert str(err) and "\n" not in str(err) and len(str(err)) < 2000
+        else:
+            assert _same(validate(recipe.to_dict(), "again"), recipe)
+        assert time.monotonic() - start < 20
 
 
 @pytest.mark.parametrize(
