@@ -85,7 +85,7 @@ def test_pae_spiral_recipe_trains_and_evaluates(tmp_path):
     from mflow_cli.app.runs import evaluate_run, train_run
 
     recipe = load_recipe(
-        Path(__file__).resolve().parents[1] / "recipes" / "pae_spiral.yaml",
+        Path(__file__).resolve().parents[2] / "recipes" / "pae_spiral.yaml",
         ["threads=1", "data.n_train=300", "data.n_test=50", "model.num_blocks=1", "model.hidden_features=16",
          "train.epochs={manifold: 2, density: 2}", "evaluate.manifold_grid_points=300",
          "evaluate.ambient_grid_size=5", "evaluate.n_samples=50"],

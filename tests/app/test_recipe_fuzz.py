@@ -25,7 +25,7 @@ from mflow_cli.app.recipe import SECTIONS, TOP_LEVEL, Recipe, load_recipe, valid
 from mflow_cli.errors import ConfigError
 from mflow_cli.training import TrainConfig
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TINY = {k: v for k, v in tiny_recipe().items() if k not in ("evaluate", "plot")}
 BASES = [TINY] + [yaml.safe_load(p.read_text()) for p in sorted((ROOT / "recipes").glob("*.yaml"))]
 

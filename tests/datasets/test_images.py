@@ -17,7 +17,7 @@ from mflow_cli.errors import ConfigError
 from mflow_cli.flows.image import head_mask, image_flow
 
 warnings.filterwarnings("ignore", module="nflows")
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 
 def _images(n: int, size: int = 8, seed: int = 0) -> np.ndarray:

@@ -71,7 +71,7 @@ def test_overrides(tmp_path):
 def test_all_shipped_recipes_validate():
     from pathlib import Path
 
-    recipes = sorted(Path(__file__).parents[1].glob("recipes/*.yaml"))
+    recipes = sorted(Path(__file__).parents[2].glob("recipes/*.yaml"))
     assert recipes
     for path in recipes:
         try:
