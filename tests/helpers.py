@@ -9,6 +9,7 @@ import torch
 
 from mflow_cli.datasets.base import Dataset, Labelled, PixelData
 from mflow_cli.datasets.pixels import PixelSpace
+from mflow_cli.training import TrainingMonitor
 
 
 class TinyImages(Dataset, PixelData, Labelled):
@@ -80,3 +81,15 @@ def perturbed_manifold_flow(kind: str, data_shape: tuple[int, ...] = (2,), **kw)
         for p in model.parameters():
             p.add_(0.3 * torch.randn_like(p))
     return model.eval()
+
+
+class StopAt(TrainingMonitor):
+    """Simulates Ctrl-C after ``n`` optimizer steps."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.seen = n, 0
+
+    def step(self, phase, epoch, logs) -> None:
+        self.seen += 1
+        if self.seen == self.n:
+            raise KeyboardInterrupt

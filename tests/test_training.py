@@ -3,24 +3,13 @@
 import pytest
 import torch
 import yaml
+from helpers import StopAt
 
 from mflow_cli import io
 from mflow_cli.app.recipe import load_recipe
 from mflow_cli.app.runs import train_run
 from mflow_cli.errors import ConfigError
 from mflow_cli.training import TrainingDiverged, TrainingInterrupted, TrainingMonitor
-
-
-class StopAt(TrainingMonitor):
-    """Simulates Ctrl-C after ``n`` optimizer steps."""
-
-    def __init__(self, n):
-        self.n, self.seen = n, 0
-
-    def step(self, phase, epoch, logs):
-        self.seen += 1
-        if self.seen == self.n:
-            raise KeyboardInterrupt
 
 
 def params(run_dir):

@@ -6,11 +6,12 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from helpers import StopAt
 from torch import nn
 
 from mflow_cli.datasets import arrays
 from mflow_cli.datasets.arrays import ArrayDataset, StreamedBatches
-from mflow_cli.training import TensorBatches, TrainConfig, TrainingInterrupted, TrainingMonitor, train
+from mflow_cli.training import TensorBatches, TrainConfig, TrainingInterrupted, train
 
 
 class NoisyGaussian(nn.Module):
@@ -31,18 +32,6 @@ class NoisyGaussian(nn.Module):
         x = x + 0.05 * torch.randn_like(x)
         nll = (0.5 * ((x - self.mean) / self.log_std.exp()) ** 2 + self.log_std).sum(1).mean()
         return nll, {"nll": nll.item()}
-
-
-class StopAt(TrainingMonitor):
-    """Simulates Ctrl-C after ``n`` optimizer steps."""
-
-    def __init__(self, n):
-        self.n, self.seen = n, 0
-
-    def step(self, phase, epoch, logs):
-        self.seen += 1
-        if self.seen == self.n:
-            raise KeyboardInterrupt
 
 
 @pytest.fixture

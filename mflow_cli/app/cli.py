@@ -8,6 +8,7 @@ write with one line and exit code 1; Ctrl-C, SIGTERM and SIGHUP with one line sa
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -68,10 +69,16 @@ def main(
     """mflow: normalizing flows on data manifolds."""
 
 
-def _reporter():
+@contextlib.contextmanager
+def _reporting():
+    """A progress reporter for the console (bar or lines), finished whatever happens."""
     from .progress import reporter_for
 
-    return reporter_for(console)
+    reporter = reporter_for(console)
+    try:
+        yield reporter
+    finally:
+        reporter.finish()
 
 
 RUN_DIR = typer.Argument(..., metavar="RUN_DIR", help="Run folder written by mflow train.")
@@ -110,11 +117,8 @@ def train(
     spec = load_recipe(resolve_recipe(recipe), set_)
     out_dir = out or Path("runs") / spec.name
     console.print(Text(f"mflow train {spec.name}: {spec.model['kind']} on {spec.data['name']} -> {out_dir}"))
-    reporter = _reporter()
-    try:
+    with _reporting() as reporter:
         train_run(spec, out_dir, resume=resume, force=force, monitor=TrainingProgress(reporter))
-    finally:
-        reporter.finish()
     console.print(Text(f"saved {out_dir / 'model.pt'}"))
 
 
@@ -135,11 +139,8 @@ def sample(
     """
     from .runs import sample_to_h5
 
-    reporter = _reporter()
-    try:
+    with _reporting() as reporter:
         sample_to_h5(run_dir, n, out, batch_size=batch_size, seed=seed, force=force, progress=reporter)
-    finally:
-        reporter.finish()
     console.print(Text(f"wrote {n} samples to {out}"))
 
 
@@ -162,11 +163,8 @@ def encode(
     """
     from .runs import encode_h5
 
-    reporter = _reporter()
-    try:
+    with _reporting() as reporter:
         encode_h5(run_dir, inp, out, dataset=dataset, batch_size=batch_size, force=force, progress=reporter)
-    finally:
-        reporter.finish()
     console.print(Text(f"wrote {out}"))
 
 

