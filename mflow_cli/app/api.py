@@ -18,12 +18,15 @@ from ..errors import ConfigError
 from ..models.interfaces import AtlasModel, ManifoldModel
 from . import runs
 from .recipe import Recipe, apply_overrides, load_recipe, parse_overrides, read_yaml, validate
+from .recipes import resolve_recipe
 
 ArrayLike = np.ndarray | torch.Tensor
 
 
 def read_recipe(path: str | Path, overrides: Mapping[str, Any] | list[str] | None = None) -> Recipe:
-    """Read and validate a recipe file; ``overrides`` as ``{"train.epochs": 5}`` or ``["train.epochs=5"]``."""
+    """Read and validate a recipe file (or a shipped recipe's name, e.g. ``"dnf_spiral"``); ``overrides`` as
+    ``{"train.epochs": 5}`` or ``["train.epochs=5"]``."""
+    path = resolve_recipe(path)
     if isinstance(overrides, Mapping):
         doc = apply_overrides(read_yaml(path), list(overrides.items()))
         return validate(doc, str(path), default_name=Path(path).stem)
