@@ -247,7 +247,9 @@ class H5Writer:
         self.file = None
         try:
             with writing(self.path):
-                self.file = h5py.File(tmp, "w")
+                # no chunk cache: each write reaches the file at once, so a full disk fails at that write (with a
+                # cache HDF5 reports it only while evicting, in object destructors, and may crash at close)
+                self.file = h5py.File(tmp, "w", rdcc_nbytes=0)
                 for name, shape in self.shapes.items():
                     chunk = (min(shape[0], 1024), *shape[1:]) if shape[0] > 0 else None
                     self.file.create_dataset(name, shape=shape, dtype="float32", chunks=chunk)
@@ -266,7 +268,6 @@ class H5Writer:
                 if isinstance(arr, torch.Tensor):
                     arr = arr.detach().cpu().numpy()
                 self.file[name][start : start + len(arr)] = arr
-                self.file.flush()
 
     def _close(self) -> None:
         if self.file is not None:

@@ -421,6 +421,11 @@ def run() -> None:
             sys.exit(exc.exit_code)
     except typer.Abort:
         _interrupted()
+    except OSError as err:  # a file operation mflow did not wrap itself: still one line, naming the file
+        from ..io import describe_os_error
+
+        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+        _error(f"{where}{describe_os_error(err)}", 1)
     except Exception as exc:
         # The parser's usage errors (typer's vendored click): their own message and exit code 2.
         if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):

@@ -55,7 +55,8 @@ MAX_SAMPLES = 2**40
 def run_lock(run_dir: Path) -> Iterator[None]:
     """Hold the run folder's lock: one writer at a time (an OS lock, released by the kernel if the holder dies).
 
-    A second writer is refused with the holder's PID; the lock file is never followed through a symlink.
+    A second writer is refused with the holder's PID; the lock file is never followed through a symlink. A folder
+    this call created is removed again when nothing but the lock was written into it.
     """
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -63,24 +64,24 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     except OSError as err:
-        raise ConfigError(f"{path}: cannot open the run folder's lock ({io.describe_os_error(err)})") from None
+        raise OutputError(f"cannot write {path}: {io.describe_os_error(err)} (the run folder's lock)") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            created = False  # the folder is the holder's
             raise ConfigError(
                 f"{run_dir} is in use by another mflow process (PID {holder}); wait for it to finish or stop it"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        try:
-            yield
-        finally:  # a run that failed before writing anything leaves no folder behind
-            if created and run_dir.is_dir() and {p.name for p in run_dir.iterdir()} == {LOCK_FILE}:
-                path.unlink()
-                run_dir.rmdir()
+        with io.writing(path):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
     finally:
+        if created and run_dir.is_dir() and {p.name for p in run_dir.iterdir()} == {LOCK_FILE}:
+            path.unlink()
+            run_dir.rmdir()
         os.close(fd)  # releases the lock
 
 

@@ -380,3 +380,30 @@ def test_an_alias_bomb_recipe_is_refused_fast_with_bounded_memory(tmp_path):
     code, err, rss = _peak_rss_mb("train", path)
     assert code == 2 and "expands to more than 100,000 values" in err
     assert time.monotonic() - start < 60 and rss < 700, f"peak RSS {rss:.0f} MB"
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 150 KiB tmpfs (root only; skipped where mounting is not allowed)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=150k", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_real_full_filesystem(small_filesystem, tmp_path, trained, mflow, capsys):
+    """On a real full disk: sampling stops at the first failed write with one line (HDF5 writes without a chunk
+    cache, so the error surfaces there and not in a destructor or a crash), and training keeps its last checkpoint."""
+    out = small_filesystem / "s.h5"
+    assert mflow("sample", trained, "-n", "2000000", "--batch-size", "50000", "-o", out) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: cannot write {out}: no space left on device"
+    assert not list(small_filesystem.iterdir())
+    run = small_filesystem / "run"
+    doc = tiny_recipe(train={"epochs": 3, "batch_size": 100, "checkpoint_every": 2})
+    assert mflow("train", _recipe(tmp_path, doc), "--out", run) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: cannot write {run / 'checkpoint.pt'}: no space left on device")
+    assert io.load_torch(run / "checkpoint.pt")["step"] >= 2 and not list(run.glob(".*.tmp"))
