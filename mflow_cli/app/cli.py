@@ -42,8 +42,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Normalizing flows on data manifolds: train, sample, encode, evaluate, plot, describe, dimension, bench.",
 )
-console = Console(markup=False, emoji=False, highlight=False)
-err_console = Console(stderr=True, markup=False, emoji=False, highlight=False)
+console = Console(markup=False, emoji=False, highlight=False, soft_wrap=True)  # lines are never wrapped
+err_console = Console(stderr=True, markup=False, emoji=False, highlight=False, soft_wrap=True)
 _signalled: list[str] = []
 
 
