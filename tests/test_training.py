@@ -90,3 +90,21 @@ def test_non_finite_losses_stop_training_and_keep_the_checkpoint(tmp_path, tiny_
         ManifoldFlow.loss = original
     state = io.load_torch(run_dir / "checkpoint.pt")
     assert state["step"] == 4 and all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_tensorboard_event_files_hold_the_epoch_records(tmp_path):
+    pytest.importorskip("tensorboard")
+    from helpers import tiny_recipe
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from mflow_cli.app.recipe import validate as validate_recipe
+    from mflow_cli.app.runs import train_run as train_recipe
+
+    doc = tiny_recipe(train={"epochs": 2, "batch_size": 100, "tensorboard": True})
+    run = train_recipe(validate_recipe(doc, "tb.yaml"), tmp_path / "run")
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"joint/loss", "joint/val_loss", "joint/lr"} <= tags
+    records = io.read_jsonl(run / "metrics.jsonl")
+    assert [e.value for e in events.Scalars("joint/loss")] == pytest.approx([r["loss"] for r in records])
