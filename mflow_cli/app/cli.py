@@ -154,6 +154,8 @@ def encode(
                                           help="Dataset name in INPUT.h5 (default: its only one)."),
     batch_size: int = typer.Option(1000, "--batch-size", metavar="N", help="Rows encoded per batch."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
+    external_links: bool = typer.Option(False, "--external-links",
+                                        help="Follow a dataset that is an HDF5 external link to another file."),
 ) -> None:
     """Encode data into latents (and log densities where the model has them).
 
@@ -164,7 +166,8 @@ def encode(
     from .runs import encode_h5
 
     with _reporting() as reporter:
-        encode_h5(run_dir, inp, out, dataset=dataset, batch_size=batch_size, force=force, progress=reporter)
+        encode_h5(run_dir, inp, out, dataset=dataset, batch_size=batch_size, force=force, progress=reporter,
+                  external_links=external_links)
     console.print(Text(f"wrote {out}"))
 
 

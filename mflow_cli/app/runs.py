@@ -499,14 +499,18 @@ def encode_h5(
     batch_size: int = 1000,
     force: bool = False,
     progress: Reporter | None = None,
+    external_links: bool = False,
 ) -> Path:
-    """Encode every row of ``inp``'s dataset into ``latents`` (and ``log_prob`` where the model has it)."""
+    """Encode every row of ``inp``'s dataset into ``latents`` (and ``log_prob`` where the model has it).
+
+    ``external_links``: follow a dataset that is an HDF5 external link into another file (refused otherwise).
+    """
     check_output(out, force, inputs=(inp, Path(run_dir) / MODEL_FILE))
     if batch_size < 1:
         raise ConfigError("--batch-size must be at least 1")
     run = load_for_command(run_dir)
     recipe, model = run.recipe, run.model
-    name, n = io.open_h5_input(inp, dataset, model.data_shape)
+    name, n = io.open_h5_input(inp, dataset, model.data_shape, allow_external_links=external_links)
     device = next(model.parameters()).device
     probe = model.encode(torch.zeros(1, *model.data_shape, device=device))
     shapes = {key: (n, *value.shape[1:]) for key, value in probe.items()}

@@ -172,6 +172,32 @@ def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(workdir, stra
     assert not list(run_dir.glob(".*.tmp"))  # the resume cleared the dead temp file
 
 
+def test_sigkill_between_an_epoch_record_and_its_checkpoint_leaves_no_duplicate_record(workdir, straight):
+    """Step 12 closes epoch 3 and is a periodic checkpoint (save 6); the epoch's record follows, then the
+    end-of-epoch checkpoint (save 7), killed here. The resume starts from save 6, at the very end of epoch 3:
+    it must drop the record written after that checkpoint and write it again, complete, once."""
+    run_dir = workdir / "killed_after_record"
+    proc, _ = _start_held(workdir, run_dir, HOLD_SAVE=7)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert [r["epoch"] for r in io.read_jsonl(run_dir / "metrics.jsonl")] == [1, 2, 3]
+    assert io.load_torch(run_dir / "checkpoint.pt")["step"] == 12
+    _resume(workdir, run_dir)
+    _assert_same(run_dir, straight)
+    last = io.read_jsonl(run_dir / "metrics.jsonl")[-1]
+    assert last["epoch"] == 3 and {"loss", "mse", "nll", "val_loss"} <= last.keys()
+
+
+def test_extending_a_finished_run_follows_the_longer_cosine_schedule(tmp_path):
+    """--resume with more epochs: the lr goes on down the new budget's schedule; it does not climb back."""
+    doc = tiny_recipe(train={"epochs": 1, "batch_size": 100, "lr": 1e-3})
+    run = train_run(validate(doc, "r.yaml"), tmp_path / "run")
+    longer = tiny_recipe(train={"epochs": 2, "batch_size": 100, "lr": 1e-3})
+    train_run(validate(longer, "r.yaml"), run, resume=True)
+    lrs = [r["lr"] for r in io.read_jsonl(run / "metrics.jsonl")]
+    assert lrs[0] < 1e-8 and lrs[1] < 1e-8  # the end of each budget's schedule, not base lr after a restart
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_finishes_the_step_saves_and_exits_cleanly(workdir, straight, sig):
     run_dir = workdir / f"signalled_{sig.name}"
