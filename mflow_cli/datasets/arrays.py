@@ -35,6 +35,8 @@ TEXT_SUFFIXES = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": None, ".dat": 
 STREAM_BLOCK_BYTES = 1 << 20
 """Target size of one contiguous read when streaming (rounded to whole HDF5 chunks)."""
 STREAM_WINDOW_BLOCKS = 16
+CHUNK_ROWS = 1 << 16
+"""Rows checked or standardized at a time when a table is loaded whole."""
 """Blocks shuffled together: rows are permuted within a window of this many randomly chosen blocks."""
 
 
@@ -469,9 +471,9 @@ def _scan_rows(table: _Table, ranges: np.ndarray, block_rows: int, moments: _Mom
     """Non-finite rows among ``ranges`` (by file row number), adding the rows to ``moments``; block by block
     when the table is read from the file."""
     non_finite = _NonFinite()
-    if isinstance(table, _ArrayTable):
+    if isinstance(table, _ArrayTable):  # in chunks: float64 copies of a whole large table would not fit
         rows = range_rows(ranges)
-        pieces = [(table.rows(rows), rows)]
+        pieces = ((table.rows(part), part) for part in np.array_split(rows, max(1, len(rows) // CHUNK_ROWS)))
     else:
         pieces = ((table.read(a, b), np.arange(a, b)) for a, b in _block_pieces(ranges, block_rows).tolist())
     for chunk, row_numbers in pieces:
@@ -699,8 +701,18 @@ class ArrayDataset(Dataset, TableData):
 
     # ------------------------------------------------------------------ data
     def _model_units(self, table: _Table, ranges: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(_read_ranges(table, ranges))
-        return self.standardization.to_model(x).float()
+        """The rows of ``ranges`` standardized into one float32 tensor, converted chunk by chunk (memory: the
+        result plus one chunk, not float64 copies of the whole table)."""
+        units = self.standardization
+        lengths = ranges[:, 1] - ranges[:, 0]
+        out = torch.empty(int(lengths.sum()), table.n_cols, dtype=torch.float32)
+        done = 0
+        for first, last in ranges.tolist():
+            for start in range(first, last, CHUNK_ROWS):
+                chunk = units.to_model(torch.from_numpy(table.read(start, min(start + CHUNK_ROWS, last))))
+                out[done : done + len(chunk)] = chunk
+                done += len(chunk)
+        return out
 
     def train_data(self) -> torch.Tensor:
         """The training rows in model units (N, D) float32; not for streamed files (see :meth:`batch_source`)."""
