@@ -15,6 +15,7 @@ import torch
 
 from ..datasets.base import ExistingPath, PixelData
 from ..datasets.images import ImageManifold
+from ..datasets.pixels import N_LEVELS
 from ..datasets.procedural import split_parameters
 from ..errors import ConfigError
 from ..models.interfaces import ManifoldModel
@@ -161,7 +162,8 @@ def evaluate_images(
     - procedural datasets (the true manifold is the renderer, :mod:`mflow_cli.metrics.renderer_distance`) with
       ``projection_starts`` > 0: ``{test,reconstruction,sample}_distance_to_manifold_{mean,median,q10,q90}``,
       the distance ‖x − 256·render(z*)‖₂ in pixel levels of the test images (the quantization floor), their
-      reconstructions and the model samples to the true manifold; and for models with d < D
+      reconstructions and the model samples (both clipped to the pixel range [0, 256]) to the true manifold;
+      and for models with d < D
       ``latent_r2_linear`` / ``latent_r2_knn``, the cross-validated R² of a linear / k-NN regression of the
       test images' true parameters on their manifold coordinates u = ``model.project(x)[0]``
       (:func:`latent_recovery_r2`).
@@ -207,9 +209,9 @@ def evaluate_images(
     renderer = renderer_of(dataset)
     if renderer is not None and options.projection_starts > 0:
         gen = torch.Generator().manual_seed(options.seed)
-        parts = [("test", test_levels), ("reconstruction", proj_levels)]
-        if samples is not None:
-            parts.append(("sample", pixels.to_pixels(samples)))
+        parts = [("test", test_levels), ("reconstruction", proj_levels.clamp(0, N_LEVELS))]
+        if samples is not None:  # clipped to the pixel range, as an image file would hold them
+            parts.append(("sample", pixels.to_pixels(samples).clamp(0, N_LEVELS)))
         for name, images in parts:
             found = project_onto_renderer(images, renderer, options.projection_starts, options.projection_steps, gen)
             metrics.update(distance_summary(f"{name}_distance_to_manifold", found.distance))
