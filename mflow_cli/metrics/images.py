@@ -220,7 +220,9 @@ def evaluate_images(
             linear, knn = latent_recovery_r2(u, true_parameters(dataset, len(flat)), options.knn_neighbours)
             metrics["latent_r2_linear"], metrics["latent_r2_knn"] = linear, knn
     if samples is not None and options.fid:
-        net = feature_network(dataset, options.fid_feature_net, options.fid_cache_dir)
+        with torch.random.fork_rng():  # the same dequantized training images, so one cached classifier for all models
+            torch.manual_seed(options.seed)
+            net = feature_network(dataset, options.fid_feature_net, options.fid_cache_dir)
         metrics["fid"] = fid_score(net, pixels.to_images(samples), pixels.to_images(flat))
     return finite_metrics(metrics)
 

@@ -88,6 +88,7 @@ def test_every_key_is_described_and_the_floor_is_the_quantization_noise(tiny_run
             proj = model.log_prob_manifold(data.test_data()[:12].reshape(12, -1))[1]
         l2 = (data.pixels.to_pixels(data.test_data()[:12].reshape(12, -1)) - data.pixels.to_pixels(proj)).norm(dim=1)
         assert metrics["reconstruction_l2_pixels"] == pytest.approx(float(l2.mean()), rel=1e-4)
+    assert len(list(tmp_path.glob("fid_classifier_*.pt"))) == 1  # one feature network scores every model
     ambient = evaluate_images(models["ambient_flow"], data, options)
     assert ambient["reconstruction_l2_pixels"] < 1e-2  # d = D: every image is its own projection
     assert ambient["reconstruction_distance_to_manifold_mean"] == pytest.approx(floor, abs=1e-3)
