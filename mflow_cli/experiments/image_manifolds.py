@@ -29,6 +29,7 @@ from mflow_cli import io
 from mflow_cli.app.recipe import Recipe, load_recipe, write_yaml
 from mflow_cli.app.runs import METRICS_FILE, MODEL_FILE, RECIPE_FILE, build_dataset, build_model, load_run, save_model
 from mflow_cli.datasets.images import ImageManifold
+from mflow_cli.datasets.pixels import N_LEVELS
 from mflow_cli.metrics.images import ImageEvaluation, evaluate_images, renderer_of
 from mflow_cli.metrics.renderer_distance import project_onto_renderer
 from mflow_cli.metrics.vq_flow import sample_in_batches
@@ -43,6 +44,7 @@ COMPARISON = (
 N_VALIDATION = 500
 VALIDATION_SEED_OFFSET = 1000  # validation images: the procedural manifold drawn with seed + this
 TIMING_FILE = "training_time.json"
+FIGURE_DATA_FILE = "figure_data.pt"
 console = Console()
 
 
@@ -121,14 +123,30 @@ def validation_flatness(records: list[dict]) -> float | None:
 
 def distances(images: torch.Tensor, dataset: ImageManifold, options: ImageEvaluation) -> torch.Tensor:
     """Distances (N,) of model-space images to the true manifold, as :func:`evaluate_images` measures them."""
-    return project_onto_renderer(dataset.pixels.to_pixels(images), renderer_of(dataset), options.projection_starts,
-                                 options.projection_steps, torch.Generator().manual_seed(options.seed)).distance
+    clipped = dataset.pixels.to_pixels(images).clamp(0, N_LEVELS)  # as evaluate_images: the pixel range
+    return project_onto_renderer(clipped, renderer_of(dataset), options.projection_starts, options.projection_steps,
+                                 torch.Generator().manual_seed(options.seed)).distance
 
 
 def model_samples(model: torch.nn.Module, options: ImageEvaluation) -> torch.Tensor:
     """The ``n_samples`` samples :func:`evaluate_images` draws (same seed, same batches)."""
     torch.manual_seed(options.seed)
     return sample_in_batches(model, options.n_samples, options.batch_size)
+
+
+def figure_data(run_dir: Path, recipe: Recipe, model: torch.nn.Module, options: ImageEvaluation,
+                refresh: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eight samples in [0, 1] and the distances of all ``n_samples`` to the true manifold, kept in
+    ``RUN/figure_data.pt`` (recomputed with ``refresh``, i.e. when the run was just evaluated)."""
+    path = run_dir / FIGURE_DATA_FILE
+    if path.is_file() and not refresh:
+        blob = torch.load(path, weights_only=True)
+        return blob["images"], blob["distances"]
+    dataset = build_dataset(recipe)
+    samples = model_samples(model, options)
+    images, found = dataset.pixels.to_images(samples[:8]), distances(samples, dataset, options)
+    torch.save({"images": images, "distances": found}, path)
+    return images, found
 
 
 TABLE_COLUMNS = (
@@ -250,10 +268,9 @@ def main() -> None:
         timing = json.loads(timing_path.read_text()) if timing_path.is_file() else None
         rows.append((name, metrics, timing, validation_flatness(io.read_jsonl(run_dir / METRICS_FILE))))
         if recipe.data["n_params"] == 2 and options.n_samples > 0 and options.projection_starts > 0:
-            dataset = build_dataset(recipe)
-            samples = model_samples(model, options)
-            figure_rows.append((name, dataset.pixels.to_images(samples), distances(samples, dataset, options)))
+            figure_rows.append((name, *figure_data(run_dir, recipe, model, options, refresh=name in chosen)))
             if truth is None:
+                dataset = build_dataset(recipe)
                 test = dataset.test_data()[: options.n_test]
                 truth, floor = dataset.pixels.to_images(test[:8]), distances(test, dataset, options)
     runs.mkdir(parents=True, exist_ok=True)
