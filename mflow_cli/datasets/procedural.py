@@ -75,3 +75,17 @@ def quantize(images: torch.Tensor, n_bits: int = 8) -> torch.Tensor:
 def sample_parameters(n: int, n_params: int, generator: torch.Generator) -> torch.Tensor:
     """The latent parameters z ~ N(0, I), as for StyleGAN's latent space."""
     return torch.randn(n, n_params, generator=generator, dtype=torch.float64)
+
+
+SPLIT_SEED_OFFSETS = {"train": 0, "test": 1}
+
+
+def split_parameters(split: str, n: int, n_params: int, seed: int) -> torch.Tensor:
+    """The true parameters z (n, n_params), float64, of the procedural ``split`` (``train``/``test``) of ``seed``.
+
+    The images of :class:`~mflow_cli.datasets.images.ImageManifold` (``source: procedural``) are
+    ``quantize(render(split_parameters(split, n, n_params, seed), resolution))``: a generator seeded
+    ``2·seed + offset`` per split (train 0, test 1).
+    """
+    gen = torch.Generator().manual_seed(seed * 2 + SPLIT_SEED_OFFSETS[split])
+    return sample_parameters(n, n_params, gen)

@@ -154,6 +154,16 @@ TINY = {
     "pae_gan2d": ["model.channels=4", "model.inner_layers=1", "model.inner_hidden_features=8"],
     "infomax_gan2d": ["model.channels=4", "model.discriminator_hidden=[16]"],
 }
+SMALL_16PX = ["evaluate.fid=false", "evaluate.projection_steps=10", "evaluate.n_test=6"]
+TINY.update({
+    "dnf_gan2d_16px": [*TINY_FLOW, *SMALL_16PX],
+    "mflow_gan2d_16px": [*TINY_FLOW, *SMALL_16PX],
+    "dnf_gan8d_16px": [*TINY_FLOW, *SMALL_16PX],
+    "mflow_gan8d_16px": [*TINY_FLOW, *SMALL_16PX],
+    "ambient_flow_gan2d_16px": [*TINY_FLOW[:4], *SMALL_16PX],  # channel_factor 12 covers all 8×8×3 values too
+    "pae_gan2d_16px": [*TINY["pae_gan2d"], *SMALL_16PX],
+    "infomax_gan2d_16px": [*TINY["infomax_gan2d"], *SMALL_16PX],
+})
 
 
 def tiny_overrides(name: str) -> list[str]:
