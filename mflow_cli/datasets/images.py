@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from .base import Dataset, PixelData
 from .pixels import PixelSpace, Preprocessing
-from .procedural import quantize, render, sample_parameters
+from .procedural import quantize, render, split_parameters
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 ARRAY_NAMES = ("{split}.npy", "x_{split}.npy", "{split}.h5", "{split}.hdf5", "x_{split}.h5")
@@ -198,9 +198,9 @@ class ImageManifold(Dataset, PixelData):
         """uint8 levels (N, 3, R, R) of the ``train`` or ``test`` split."""
         if not self._levels:
             if self.source == "procedural":
-                for name, offset, n in (("train", 0, self.n_train), ("test", 1, self.n_test)):
-                    gen = torch.Generator().manual_seed(self.seed * 2 + offset)
-                    self._levels[name] = quantize(render(sample_parameters(n, self.n_params, gen), self.resolution))
+                for name, n in (("train", self.n_train), ("test", self.n_test)):
+                    z = split_parameters(name, n, self.n_params, self.seed)
+                    self._levels[name] = quantize(render(z, self.resolution))
             else:
                 train, test = load_image_files(self.path, self.n_test)
                 self._levels = {"train": self._resize(train[: self.n_train]), "test": self._resize(test)}

@@ -150,7 +150,7 @@ def figure_data(run_dir: Path, recipe: Recipe, model: torch.nn.Module, options: 
 
 
 TABLE_COLUMNS = (
-    ("FID", "fid", "{:.3g}"),
+    ("FID", "frechet_feature_distance", "{:.3g}"),
     ("recon. L2 (0–255)", "reconstruction_l2_pixels", "{:.1f}"),
     ("sample dist. mean", "sample_distance_to_manifold_mean", "{:.1f}"),
     ("sample dist. median", "sample_distance_to_manifold_median", "{:.1f}"),

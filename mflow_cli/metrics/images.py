@@ -144,7 +144,7 @@ def evaluate_images(
     - ``n_test``: the number of test images scored;
     - ``test_log_likelihood_manifold``: mean on-manifold log density at the projections g(u(x)) (M-flow
       eq. 3), in nats, in the model space (for a plain ambient flow, d = D, its density in R^D);
-    - ``reconstruction_error``: mean ‖x − g(u(x))‖² in the model space;
+    - ``reconstruction_mean_squared_distance``: mean ‖x − g(u(x))‖² in the model space;
     - ``reconstruction_mse_pixels``: mean per-pixel squared error of the reconstructions in [0, 1];
     - ``reconstruction_l2_pixels``: mean per-image ‖x − g(u(x))‖₂ in pixel levels (the M-flow/DNF code's
       reconstruction error, its images in 0–255);
@@ -185,7 +185,7 @@ def evaluate_images(
     metrics: dict[str, float | int | None] = {
         "n_test": len(flat),
         "test_log_likelihood_manifold": float(log_p.mean()),
-        "reconstruction_error": float((flat - proj).pow(2).sum(1).mean()),
+        "reconstruction_mean_squared_distance": float((flat - proj).pow(2).sum(1).mean()),
         "reconstruction_mse_pixels": float((unit - pixels.to_images(proj).reshape(len(flat), -1)).pow(2).mean()),
         "reconstruction_l2_pixels": float((test_levels - proj_levels).double().norm(dim=1).mean()),
         "manifold_density_points_per_s": len(flat) / seconds,
@@ -223,7 +223,7 @@ def evaluate_images(
         with torch.random.fork_rng():  # the same dequantized training images, so one cached classifier for all models
             torch.manual_seed(options.seed)
             net = feature_network(dataset, options.fid_feature_net, options.fid_cache_dir)
-        metrics["fid"] = fid_score(net, pixels.to_images(samples), pixels.to_images(flat))
+        metrics["frechet_feature_distance"] = fid_score(net, pixels.to_images(samples), pixels.to_images(flat))
     return finite_metrics(metrics)
 
 
@@ -247,11 +247,11 @@ def _distance_metrics() -> dict[str, Metric]:
 METRICS: dict[str, Metric] = {
     "n_test": Metric("test images", "count", "n/a", "The number of test images scored."),
     "test_log_likelihood_manifold": Metric(
-        "test log-likelihood on the manifold", "nats", "higher",
+        "test log-likelihood on the manifold", "nats per point", "higher",
         "Mean log density on the learned manifold at the projections g(u(x)) of the test images (M-flow eq. 3), "
         "in the model space; for a plain ambient flow (d = D) its density in R^D.",
     ),
-    "reconstruction_error": Metric(
+    "reconstruction_mean_squared_distance": Metric(
         "reconstruction error", "squared distance", "lower", "Mean ‖x − g(u(x))‖² over the test images, model space.",
     ),
     "reconstruction_mse_pixels": Metric(
@@ -263,11 +263,11 @@ METRICS: dict[str, Metric] = {
         "Mean per-image ‖x − g(u(x))‖₂ with images in 0–255 levels: the M-flow/DNF code's reconstruction error.",
     ),
     "manifold_density_points_per_s": Metric(
-        "on-manifold density throughput", "images/s", "higher",
+        "on-manifold density throughput", "points/s", "higher",
         "Test images whose on-manifold density was evaluated per second.", timing=True,
     ),
     "test_log_likelihood_ambient": Metric(
-        "test log-likelihood in R^D", "nats", "higher",
+        "test log-likelihood in R^D", "nats per point", "higher",
         "Mean log density in the model space of the test images with the model's inflation noise added.",
     ),
     "test_bits_per_dim_ambient": Metric(
@@ -285,8 +285,8 @@ METRICS: dict[str, Metric] = {
     "sample_finite_fraction": Metric(
         "finite samples", "", "higher", "The fraction of model samples without a non-finite value.",
     ),
-    "fid": Metric(
-        "Fréchet distance (FID-style)", "", "lower",
+    "frechet_feature_distance": Metric(
+        "Fréchet distance (FID-style)", "squared distance", "lower",
         "Fréchet distance between features of the samples and of the test images (the cached small classifier "
         "or the given feature network; not comparable with published Inception FIDs).",
     ),
@@ -301,3 +301,8 @@ METRICS: dict[str, Metric] = {
     **_distance_metrics(),
 }
 """What every key :func:`evaluate_images` can return means."""
+
+
+RENAMED_METRICS: dict[str, str] = {"reconstruction_error": "reconstruction_mean_squared_distance",
+                                   "fid": "frechet_feature_distance"}
+"""Keys of earlier versions -> today's (to read old evaluation.json files)."""

@@ -166,7 +166,9 @@ def evaluate_vq_flow(
         metrics["mean_sample_distance_to_support"] = float(dataset.distance_to_manifold(samples).mean())
         metrics["mean_test_distance_to_support"] = float(dataset.distance_to_manifold(test).mean())
     if options.fid:
-        net = feature_network(dataset, options.fid_feature_net, options.fid_cache_dir)
+        with torch.random.fork_rng():  # the same feature network (and cache entry) whatever ran before
+            torch.manual_seed(options.seed)
+            net = feature_network(dataset, options.fid_feature_net, options.fid_cache_dir)
         samples = feature_inputs(dataset, sample_in_batches(model, options.fid_samples, batch_size))
         metrics["frechet_feature_distance"] = fid_score(net, samples, feature_inputs(dataset, test))
     return finite_metrics(metrics)

@@ -112,6 +112,11 @@ CHANGES = [
     (evaluate_images, image_setup, SMALL_IMAGES, "n_samples", 3),
     (evaluate_images, image_setup, SMALL_IMAGES, "n_reference", 3),
     (evaluate_images, image_setup, SMALL_IMAGES, "seed", 1),
+    (evaluate_images, image_setup, SMALL_IMAGES, "projection_starts", 1),
+    (evaluate_images, image_setup, SMALL_IMAGES, "projection_steps", 20),
+    (evaluate_images, image_setup, SMALL_IMAGES, "knn_neighbours", 2),
+    (evaluate_images, image_setup, SMALL_IMAGES, "fid", True),
+    (evaluate_images, image_setup, dataclasses.replace(SMALL_IMAGES, fid=True), "fid_feature_net", "SCRIPTED_IMAGES"),
     (evaluate_vq_flow, vq_setup, SMALL_ATLAS, "n_samples", 6),
     (evaluate_vq_flow, vq_setup, SMALL_ATLAS, "mass_samples", 300),
     (evaluate_vq_flow, vq_setup, SMALL_ATLAS, "fid", True),
@@ -129,12 +134,13 @@ SAME = [
     (evaluate_images, image_setup, SMALL_IMAGES, "batch_size", 5),  # n_samples=4 ≤ 5: same sample draws
     (evaluate_vq_flow, vq_setup, SMALL_ATLAS, "batch_size", 7),  # n_samples=5 ≤ 7: same sample draws
     (evaluate_vq_flow, vq_setup, dataclasses.replace(SMALL_ATLAS, fid=True, fid_samples=6), "fid_cache_dir", "B"),
+    (evaluate_images, image_setup, dataclasses.replace(SMALL_IMAGES, fid=True), "fid_cache_dir", "B"),
 ]
 
 
 def _run(evaluate, setup, options, tmp_path):
     model, dataset = setup()
-    if options.__class__ is AtlasEvaluation and options.fid_cache_dir == AtlasEvaluation.fid_cache_dir:
+    if isinstance(options, AtlasEvaluation | ImageEvaluation) and options.fid_cache_dir == type(options).fid_cache_dir:
         options = dataclasses.replace(options, fid_cache_dir=str(tmp_path / "A"))
     return _numbers(evaluate(model, dataset, options))
 
@@ -144,6 +150,10 @@ def _other(field, value, tmp_path):
         net = torch.jit.script(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh()))
         net.save(str(tmp_path / "features.pt"))
         return str(tmp_path / "features.pt")
+    if value == "SCRIPTED_IMAGES":
+        net = torch.jit.script(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 4), torch.nn.Tanh()))
+        net.save(str(tmp_path / "image_features.pt"))
+        return str(tmp_path / "image_features.pt")
     return str(tmp_path / value) if field == "fid_cache_dir" else value
 
 

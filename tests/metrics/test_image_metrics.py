@@ -83,7 +83,7 @@ def test_every_key_is_described_and_the_floor_is_the_quantization_noise(tiny_run
         floor = metrics["test_distance_to_manifold_mean"]
         assert abs(floor - math.sqrt(192 / 12)) < 0.3  # 8×8×3 values, U(−½, ½) each
         assert metrics["sample_distance_to_manifold_mean"] > floor  # untrained models sample off the manifold
-        assert metrics["fid"] is not None and metrics["fid"] > 0
+        assert metrics["frechet_feature_distance"] is not None and metrics["frechet_feature_distance"] > 0
         with torch.no_grad():
             proj = model.log_prob_manifold(data.test_data()[:12].reshape(12, -1))[1]
         l2 = (data.pixels.to_pixels(data.test_data()[:12].reshape(12, -1)) - data.pixels.to_pixels(proj)).norm(dim=1)
