@@ -42,10 +42,11 @@ import torch
 
 from ..errors import ConfigError
 from .base import Dataset, ExistingPath, Labelled, PixelData
-from .pixels import Binarize, PixelSpace, Preprocessing
+from .pixels import PixelSpace, Preprocessing
 
-ImageBinarize = Binarize | Literal["static"]
-"""The pixel space's binarizations, and ``static``: one seeded Bernoulli draw per pixel, fixed for good."""
+ImageBinarize = Literal["none", "threshold", "stochastic", "static"]
+"""The pixel space's binarizations (:data:`~mflow_cli.datasets.pixels.Binarize`) and ``static``: one seeded Bernoulli
+draw per pixel, fixed for good."""
 STATIC_TRAIN_SEED_OFFSET = 54321
 TEST_SEED_OFFSET = 12345
 VALIDATION_SEED_OFFSET = 23456
