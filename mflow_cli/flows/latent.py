@@ -1,6 +1,6 @@
 """Flows on a VAE's latent variable: planar, radial, Householder, NICE (with a final scaling), IAF and Sylvester.
 
-Every step is a function of ``z`` (B, d), its parameters ``params`` (B, P) or (1, P) and the encoder's
+Every step is a function of ``z`` (…, B, d), its parameters ``params`` (B, P) or (1, P) and the encoder's
 context ``context`` (B, H), so one class serves every way of parametrising a flow-VAE posterior:
 
 - static: the parameters are learned globally (:class:`LatentFlow` holds them as one vector);
@@ -9,7 +9,10 @@ context ``context`` (B, H), so one class serves every way of parametrising a flo
 - context: the IAF steps hold their MADE weights and read the encoder's hidden state h per input
   (Kingma et al. 2016), passed in ``context``.
 
-Each step returns ``(z', log|det ∂z'/∂z|)`` with the log-determinant of shape (B,). nflows has none of
+Each step returns ``(z', log|det ∂z'/∂z|)`` with the log-determinant of shape (…, B). The leading dimensions
+of ``z`` (a VAE's S posterior draws of each of B inputs) broadcast against the per-input parameters and
+context, so an amortised flow's per-input work (a Sylvester step's orthonormal Q, a MADE's context term) is done
+once per input, not once per draw. nflows has none of
 these as a transform whose parameters can come per input, and a VAE posterior only ever runs them
 forward (the inverse of planar/radial/Sylvester has no closed form), so they are written here.
 """
@@ -32,6 +35,19 @@ LatentFlowKind = Literal[
 ]
 SylvesterKind = Literal["orthogonal", "householder", "triangular"]
 AMORTISED_KINDS = ("sylvester_orthogonal", "sylvester_householder", "sylvester_triangular")
+
+
+def per_input_matmul(z: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
+    """z (…, B, d) times each input's own matrix (B, d, m), or one shared matrix (1, d, m): (…, B, m).
+
+    The draws (the leading dims) of an input share its matrix: one batched matmul over the B inputs, never a
+    copy of the matrix per draw (which ``z.unsqueeze(-2) @ matrices`` broadcasting would make).
+    """
+    if matrices.shape[0] == 1:
+        return z @ matrices[0]
+    batch, dim = z.shape[-2:]
+    rows = z.reshape(-1, batch, dim).transpose(0, 1)  # (B, S, d)
+    return (rows @ matrices).transpose(0, 1).reshape(*z.shape[:-1], matrices.shape[-1])
 
 
 def householder_reflect(y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -67,7 +83,7 @@ class FlowStep(nn.Module):
     def forward(
         self, z: torch.Tensor, params: torch.Tensor, context: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """z' (B, d) and log|det ∂z'/∂z| (B,) for z (B, d), parameters (B or 1, P) and context (B, H)."""
+        """z' (…, B, d) and log|det ∂z'/∂z| (…, B) for z (…, B, d), parameters (B or 1, P), context (B, H)."""
         raise NotImplementedError
 
 
@@ -101,7 +117,7 @@ class PlanarStep(FlowStep):
     def forward(self, z, params, context=None):
         d = self.dim
         u, w, b = params[:, :d], params[:, d : 2 * d], params[:, 2 * d]
-        wu = (w * u).sum(-1, keepdim=True)
+        wu = (w * u).sum(-1, keepdim=True)  # (B or 1, ·): per input, broadcast over the draws
         u_hat = u + (F.softplus(wu) - 1 - wu) * w / (w.pow(2).sum(-1, keepdim=True) + 1e-12)
         a = (w * z).sum(-1) + b
         h = torch.tanh(a)
@@ -129,7 +145,7 @@ class RadialStep(FlowStep):
 
     def forward(self, z, params, context=None):
         d = self.dim
-        z0, alpha, beta = params[:, :d], F.softplus(params[:, d]), params[:, d + 1]
+        z0, alpha, beta = params[:, :d], F.softplus(params[:, d]), params[:, d + 1]  # (B or 1, ·)
         beta = -alpha + F.softplus(beta)
         diff = z - z0
         r = diff.norm(dim=-1)
@@ -158,7 +174,7 @@ class HouseholderStep(FlowStep):
         return torch.randn(self.num_params)  # any v ≠ 0; its length does not matter
 
     def forward(self, z, params, context=None):
-        return householder_reflect(z, params), z.new_zeros(z.shape[0])
+        return householder_reflect(z, params), z.new_zeros(z.shape[:-1])
 
 
 class NiceStep(FlowStep):
@@ -199,12 +215,11 @@ class NiceStep(FlowStep):
         na, nb, hid = self.na, self.nb, self.hidden
         sizes = [na * hid, hid, hid * nb, nb]
         w1, b1, w2, b2 = torch.split(params, sizes, dim=-1)
-        za = z[:, self.a_idx]
-        hidden = torch.relu(torch.einsum("bi,bih->bh", za, w1.reshape(-1, na, hid).expand(z.shape[0], -1, -1)) + b1)
-        shift = torch.einsum("bh,bho->bo", hidden, w2.reshape(-1, hid, nb).expand(z.shape[0], -1, -1)) + b2
+        hidden = torch.relu(per_input_matmul(z[..., self.a_idx], w1.reshape(-1, na, hid)) + b1)
+        shift = per_input_matmul(hidden, w2.reshape(-1, hid, nb)) + b2
         out = z.clone()
-        out[:, self.b_idx] = z[:, self.b_idx] + shift
-        return out, z.new_zeros(z.shape[0])
+        out[..., self.b_idx] = z[..., self.b_idx] + shift
+        return out, z.new_zeros(z.shape[:-1])
 
 
 class ScalingStep(FlowStep):
@@ -226,8 +241,7 @@ class ScalingStep(FlowStep):
         return torch.zeros(self.num_params)
 
     def forward(self, z, params, context=None):
-        return z * torch.exp(params), params.sum(-1).expand(z.shape[0])
-
+        return z * torch.exp(params), params.sum(-1).expand(z.shape[:-1])
 
 
 class IAFStep(FlowStep):
@@ -262,9 +276,9 @@ class IAFStep(FlowStep):
             self.made.final_layer.bias.copy_(torch.tensor([0.0, 2.0]).repeat(dim))  # interleaved (m_i, s_i)
 
     def shift_and_gate(self, z: torch.Tensor, context: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """m (B, d) and log σ (B, d) at z, in z's own order."""
+        """m (…, B, d) and log σ (…, B, d) at z, in z's own order."""
         inputs = z.flip(-1) if self.reverse else z
-        out = self.made(inputs, context if self.context_features else None).reshape(z.shape[0], self.dim, 2)
+        out = self.made(inputs, context if self.context_features else None).reshape(*z.shape, 2)
         m, s = out[..., 0], out[..., 1]
         if self.reverse:
             m, s = m.flip(-1), s.flip(-1)
@@ -378,9 +392,10 @@ class SylvesterStep(FlowStep):
         r, r_tilde, diag = self.triangular_factors(params)
         bias, q_params = torch.split(params, self.sizes, dim=-1)[3:]
         q = self.orthonormal_columns(q_params)
-        pre = (r_tilde @ (q.transpose(1, 2) @ z.unsqueeze(-1))).squeeze(-1) + bias  # R̃ Qᵀ z + b, (B, M)
-        h = torch.tanh(pre)
-        out = z + (q @ (r @ h.unsqueeze(-1))).squeeze(-1)
+        # Per input, once for all its draws: Bᵀ = Q R̃ᵀ (d × M) and Aᵀ = Rᵀ Qᵀ (M × d), z as rows.
+        b_t, a_t = q @ r_tilde.transpose(1, 2), r.transpose(1, 2) @ q.transpose(1, 2)
+        h = torch.tanh(per_input_matmul(z, b_t) + bias)  # (R̃ Qᵀ z + b)ᵀ, (…, B, M)
+        out = z + per_input_matmul(h, a_t)
         logdet = torch.log((1 + diag * (1 - h.pow(2))).abs()).sum(-1)
         return out, logdet
 
@@ -460,7 +475,7 @@ class LatentFlow(nn.Module):
     def forward(
         self, z: torch.Tensor, params: torch.Tensor | None = None, context: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        logdet = z.new_zeros(z.shape[0])
+        logdet = z.new_zeros(z.shape[:-1])
         if not self.steps:
             return z, logdet
         if params is None:

@@ -38,6 +38,15 @@ def gaussian_log_prob(z: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor
     return -0.5 * ((z - mean).pow(2) * torch.exp(-log_var) + log_var + math.log(2 * math.pi)).sum(-1)
 
 
+def bernoulli_log_prob(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Σ over the last dim of log Bernoulli(x; sigmoid(logits)) = x·logits − softplus(logits), x broadcasting.
+
+    The same value as ``-binary_cross_entropy_with_logits(logits, x).sum(-1)`` without expanding x to the
+    draws' shape (B, D) -> (S, B, D).
+    """
+    return (logits * x).sum(-1) - F.softplus(logits).sum(-1)
+
+
 def discretized_logistic_log_prob(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
     """Σ log P(bin of x) for x ∈ [0, 1] in 256 bins of width 1/256, edge bins open (Salimans et al. 2017)."""
     k = torch.floor(x * 256).clamp(0, 255)
@@ -194,10 +203,13 @@ class FlowVAE(Model, VariationalModel):
         return out[:, 0], out[:, 1].clamp(min=MIN_LOG_SCALE)
 
     def log_likelihood(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """log p(x|z) (B,) for flat x (B, D)."""
-        loc, log_scale = self.decode(z)
+        """log p(x|z) (…, B) for flat x (B, D) and latents z (…, B, d): every draw of z is decoded against its x."""
+        lead = z.shape[:-1]
+        loc, log_scale = self.decode(z.reshape(-1, self.latent_dim))
+        loc = loc.reshape(*lead, self.data_dim)
         if self.likelihood == "bernoulli":
-            return -F.binary_cross_entropy_with_logits(loc, x, reduction="none").sum(-1)
+            return bernoulli_log_prob(x, loc)
+        log_scale = log_scale.reshape(*lead, self.data_dim)
         if self.likelihood == "gaussian":
             return gaussian_log_prob(x, loc, 2 * log_scale)
         return discretized_logistic_log_prob(x, loc, log_scale)
@@ -214,10 +226,8 @@ class FlowVAE(Model, VariationalModel):
         eps = torch.randn(s, b, d, device=x.device, dtype=x.dtype)
         z0 = mean + torch.exp(0.5 * log_var) * eps
         log_q0 = gaussian_log_prob(z0, mean, log_var)
-        flat_params = None if params is None else params.repeat(s, 1)
-        zk, logdet = self.flow(z0.reshape(s * b, d), flat_params, h.repeat(s, 1))
-        log_px_z = self.log_likelihood(x.repeat(s, 1), zk).reshape(s, b)
-        zk, logdet = zk.reshape(s, b, d), logdet.reshape(s, b)
+        zk, logdet = self.flow(z0, params, h)  # per-input parameters and context broadcast over the S draws
+        log_px_z = self.log_likelihood(x, zk)
         log_pz = standard_normal_log_prob(zk)
         log_w = log_px_z + log_pz - log_q0 + logdet
         return {"log_w": log_w, "log_px_z": log_px_z, "log_pz": log_pz, "log_q0": log_q0, "logdet": logdet,

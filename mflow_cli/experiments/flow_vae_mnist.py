@@ -1,0 +1,224 @@
+"""Flow-VAE posteriors on statically binarized MNIST at the reference protocol: train (or resume), evaluate, tabulate.
+
+    python -m mflow_cli.experiments.flow_vae_mnist                      # every recipes/flowvae_mnist40_*.yaml
+    python -m mflow_cli.experiments.flow_vae_mnist recipes/flowvae_mnist40_none.yaml recipes/flowvae_mnist40_iaf.yaml \
+        --set train.epochs=100 --set evaluate.max_examples=1000
+
+For each recipe it trains the model into ``--runs/<recipe name>`` with :func:`mflow_cli.app.runs.train_run` (a
+finished run with the same recipe is reused; an unfinished one, or one with a smaller epoch budget, is resumed),
+then scores it with the recipe's ``evaluate`` section (``--set evaluate.*`` changes only the scoring, never
+the training recipe) and writes ``--out/table.md`` and ``--out/results.json``: per posterior −log p(x) with
+k = 200 and 5,000 importance samples ± the standard error over test images, −ELBO, the KL term, the gain over
+the plain VAE, the epochs to the best validation ELBO (when the training records a ``validation_loss``; else
+"fixed budget"), the training and evaluation minutes and the parameter count. Evaluations are cached in
+``--out/evaluations`` and reused while the model file and the options are unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from mflow_cli import io
+from mflow_cli.app import runs
+from mflow_cli.app.recipe import Recipe, load_recipe
+from mflow_cli.errors import ConfigError
+
+console = Console()
+
+RECIPE_ORDER = ["none", "planar10", "planar20", "planar40", "planar80", "radial", "householder", "nice", "iaf",
+                "sylvester_orthogonal", "sylvester_householder", "sylvester_triangular"]
+DEFAULT_RECIPES = [Path("recipes") / f"flowvae_mnist40_{name}.yaml" for name in RECIPE_ORDER]
+VALIDATION_KEY = "validation_loss"
+"""The per-epoch record key of the held-out loss (−ELBO on the validation split) that picks the best epoch."""
+REFERENCE_NATS = 89.9
+"""The plain VAE's −log p(x) of Rezende & Mohamed (2015, Table 2), reproduced at 89.78 by the pythae benchmark."""
+
+
+@dataclass
+class Row:
+    """One trained and scored posterior."""
+
+    recipe: str
+    posterior: str
+    parameters: int
+    epochs: int
+    best_epoch: int | None
+    train_minutes: float | None
+    metrics: dict[str, Any]
+
+
+def training_minutes(records: list[dict]) -> float | None:
+    """Training wall time from the epoch records' end times: the sum of the gaps between consecutive epochs
+    (gaps above 10× the median, a stop and resume, count as one median epoch), plus one median epoch for the
+    first."""
+    times = [r["time"] for r in records if "time" in r]
+    if len(times) < 2:
+        return None
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    median = statistics.median(gaps)
+    return (sum(g if g <= 10 * median else median for g in gaps) + median) / 60
+
+
+def best_validation_epoch(records: list[dict]) -> int | None:
+    """The epoch with the lowest ``validation_loss`` (the best validation ELBO), or None without one."""
+    scored = [r for r in records if isinstance(r.get(VALIDATION_KEY), (int, float))]
+    if not scored:
+        return None
+    return int(min(scored, key=lambda r: r[VALIDATION_KEY])["epoch"])
+
+
+def _same_recipe(a: Recipe, b: Recipe, ignore_epochs: bool = False) -> bool:
+    da, db = a.to_dict(), b.to_dict()
+    if ignore_epochs:
+        da["train"].pop("epochs", None)
+        db["train"].pop("epochs", None)
+    return da == db
+
+
+def train_or_resume(recipe: Recipe, run_dir: Path, force: bool) -> float:
+    """Train ``recipe`` into ``run_dir`` unless a finished run of the same recipe is there; return the seconds
+    spent training in this call (0 when reused)."""
+    if (run_dir / runs.MODEL_FILE).is_file() and not force:
+        saved, _ = runs.load_run(run_dir, "cpu")
+        if _same_recipe(saved, recipe):
+            console.print(f"[dim]{recipe.name}: reusing the trained run in {run_dir}[/]")
+            return 0.0
+        if not _same_recipe(saved, recipe, ignore_epochs=True):
+            raise ConfigError(f"{run_dir} holds a run of another recipe; pass --force to retrain it or choose --runs")
+    resume = (run_dir / runs.CHECKPOINT_FILE).is_file() and not force
+    console.print(f"[bold]{recipe.name}[/]: {'resuming' if resume else 'training'} in {run_dir}")
+    start = time.perf_counter()
+    runs.train_run(recipe, run_dir, resume=resume, force=force)
+    return time.perf_counter() - start
+
+
+def evaluate_cached(recipe: Recipe, run_dir: Path, cache: Path) -> dict[str, Any]:
+    """The evaluator's metrics with ``recipe.evaluate``, reused from ``cache`` while the model and options hold."""
+    stamp = (run_dir / runs.MODEL_FILE).stat().st_mtime_ns
+    if cache.is_file():
+        saved = json.loads(cache.read_text())
+        if saved.get("options") == recipe.evaluate and saved.get("model_mtime_ns") == stamp:
+            return saved["metrics"]
+    _, model = runs.load_run(run_dir)
+    dataset = runs.build_dataset(recipe)
+    scoring = runs.evaluation(recipe)
+    console.print(f"  evaluating {recipe.name} ({recipe.evaluate})")
+    metrics = scoring.evaluate(model, dataset, scoring.options(**recipe.evaluate))
+    io.write_json({"options": recipe.evaluate, "model_mtime_ns": stamp, "metrics": metrics}, cache)
+    return metrics
+
+
+def _nats(metrics: dict, key: str) -> str:
+    value, se = metrics.get(key), metrics.get(f"{key}_se")
+    if value is None:
+        return "–"
+    return f"{-value:.2f} ± {se:.2f}" if se is not None else f"{-value:.2f}"
+
+
+def table_rows(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
+    """The table's header and cells: −log p(x) at both k (± s.e.), −ELBO, KL, gain over the plain VAE, ..."""
+    plain = next((r for r in rows if r.posterior.startswith("none")), None)
+    k1 = next((r.metrics.get("iw_samples") for r in rows), 200)
+    k2 = next((r.metrics.get("tight_iw_samples") for r in rows if r.metrics.get("tight_iw_samples")), 5000)
+    header = ["posterior", f"−log p(x), k = {k1}", f"−log p(x), k = {k2}", "−ELBO", "KL",
+              f"gain over VAE (k = {k1})", "epochs to best val. ELBO", "train min", "eval min", "parameters"]
+    cells = []
+    for r in rows:
+        m = r.metrics
+        gain = "–"
+        if plain is not None and r is not plain and None not in (m.get("test_iw_log_likelihood"),
+                                                                   plain.metrics.get("test_iw_log_likelihood")):
+            gain = f"{m['test_iw_log_likelihood'] - plain.metrics['test_iw_log_likelihood']:+.2f}"
+        best = f"{r.best_epoch} of {r.epochs}" if r.best_epoch is not None else f"fixed budget ({r.epochs})"
+        train_min = f"{r.train_minutes:.1f}" if r.train_minutes is not None else "–"
+        eval_min = f"{m['evaluation_seconds'] / 60:.1f}" if m.get("evaluation_seconds") is not None else "–"
+        cells.append([r.posterior, _nats(m, "test_iw_log_likelihood"), _nats(m, "test_tight_iw_log_likelihood"),
+                      _nats(m, "test_elbo"), f"{m['test_kl']:.2f}" if m.get("test_kl") is not None else "–", gain,
+                      best, train_min, eval_min, f"{r.parameters / 1e6:.2f} M"])
+    return header, cells
+
+
+def markdown_table(rows: list[Row]) -> str:
+    """The results as a Markdown table (nats; ± the standard error over test images), with a note line."""
+    header, cells = table_rows(rows)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(c) + " |" for c in cells]
+    n_test = next((r.metrics.get("n_test") for r in rows), None)
+    lines.append("")
+    lines.append(f"Statically binarized MNIST, {n_test} test images; nats, ± the standard error over test images; "
+                 f"the plain-VAE reference is {REFERENCE_NATS} nats (Rezende & Mohamed 2015). Gain: the IW bound's "
+                 "improvement over the plain VAE in nats (positive is better).")
+    return "\n".join(lines) + "\n"
+
+
+def _rich_table(rows: list[Row]) -> Table:
+    header, cells = table_rows(rows)
+    table = Table(*header, title="flow-VAE posteriors on statically binarized MNIST (nats)")
+    for c in cells:
+        table.add_row(*c)
+    return table
+
+
+def run_experiment(paths: list[Path], overrides: list[str], runs_dir: Path, out: Path, force: bool) -> list[Row]:
+    """Train or resume every recipe, evaluate it, write ``out/table.md`` and ``out/results.json``."""
+    training_overrides = [o for o in overrides if not o.startswith("evaluate.")]
+    rows = []
+    for path in paths:
+        recipe = load_recipe(path, training_overrides)
+        run_dir = runs_dir / recipe.name
+        seconds = train_or_resume(recipe, run_dir, force)
+        scored = load_recipe(path, overrides)
+        metrics = evaluate_cached(scored, run_dir, out / "evaluations" / f"{recipe.name}.json")
+        _, model = runs.load_run(run_dir, "cpu")
+        records = io.read_jsonl(run_dir / runs.METRICS_FILE)
+        minutes = training_minutes(records)
+        if minutes is None and seconds > 0:
+            minutes = seconds / 60
+        rows.append(Row(recipe.name, model.posterior_flow_label, sum(p.numel() for p in model.parameters()),
+                        max((int(r["epoch"]) for r in records), default=0), best_validation_epoch(records), minutes,
+                        metrics))
+        bound = metrics.get("test_iw_log_likelihood")
+        if bound is not None:
+            console.print(f"  {recipe.name}: −log p(x) ≤ {-bound:.2f} nats (k = {metrics['iw_samples']})")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(markdown_table(rows))
+    io.write_json({r.recipe: {**r.__dict__} for r in rows}, out / "results.json")
+    console.print(_rich_table(rows))
+    console.print(f"wrote {out / 'table.md'} and {out / 'results.json'}")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("recipes", nargs="*", type=Path, help="recipes (default: every flowvae_mnist40_* recipe)")
+    parser.add_argument("--set", action="append", default=[], dest="overrides",
+                        help="override a recipe key, section.key=value (evaluate.* only changes the scoring)")
+    parser.add_argument("--runs", type=Path, default=Path("runs"), help="where the run folders live")
+    parser.add_argument("--out", type=Path, default=Path("runs/flow_vae_mnist"), help="where the table goes")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run (the recipe's threads key)")
+    parser.add_argument("--force", action="store_true", help="retrain runs that exist")
+    args = parser.parse_args(argv)
+    paths = args.recipes or [p for p in DEFAULT_RECIPES if p.is_file()]
+    if not paths:
+        raise SystemExit("no recipes given and none of recipes/flowvae_mnist40_*.yaml found here")
+    torch.set_num_threads(args.threads)
+    overrides = [f"threads={args.threads}", *args.overrides]
+    try:
+        run_experiment(paths, overrides, args.runs, args.out, args.force)
+    except ConfigError as err:
+        console.print(f"[red]error:[/] {err}")
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
