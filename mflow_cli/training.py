@@ -43,7 +43,8 @@ class TrainConfig:
         validation_fraction: Training rows held out (seeded) for the held-out loss and early stopping;
             0 uses up to 2,000 test rows for the held-out curve only.
         early_stopping_patience: Stop a phase after this many epochs without a better held-out loss and keep
-            its best weights (needs validation_fraction > 0); null trains every epoch.
+            its best weights (needs validation rows: validation_fraction > 0 or the dataset's own validation
+            split, e.g. data.n_validation); null trains every epoch.
         tensorboard: Also write TensorBoard event files into RUN_DIR/tensorboard (needs the tensorboard package).
     """
 
@@ -86,14 +87,8 @@ class TrainConfig:
             raise ConfigError(f"{source}: 'train.epochs' trains nothing (0 epochs in every phase); give at least 1")
         if not 0 <= self.validation_fraction <= 0.5:
             raise ConfigError(f"{source}: 'train.validation_fraction' must be in 0..0.5")
-        if self.early_stopping_patience is not None:
-            if self.early_stopping_patience < 1:
-                raise ConfigError(f"{source}: 'train.early_stopping_patience' must be >= 1 (or null)")
-            if self.validation_fraction <= 0:
-                raise ConfigError(
-                    f"{source}: 'train.early_stopping_patience' needs 'train.validation_fraction' > 0 "
-                    "(stopping on the test split would select on the test set)"
-                )
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            raise ConfigError(f"{source}: 'train.early_stopping_patience' must be >= 1 (or null)")
 
     def epochs_for(self, phase: str) -> int:
         if isinstance(self.epochs, dict):

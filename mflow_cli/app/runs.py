@@ -21,7 +21,7 @@ import torch
 
 from .. import distributed, io
 from ..datasets.arrays import Standardization
-from ..datasets.base import Dataset, TableData
+from ..datasets.base import Dataset, HeldOut, TableData
 from ..errors import ConfigError, OutputError
 from ..jacobian import batched_jacobian, logdet_gram
 from ..metrics.glossary import metadata_block
@@ -307,8 +307,19 @@ def _training_rows(dataset: Dataset, config: TrainConfig, recipe: Recipe) -> tup
     """The rows to train on and the held-out rows scored after every epoch.
 
     With ``train.validation_fraction`` a seeded share of the training rows is held out (training never sees
-    them; early stopping selects on them); otherwise up to :data:`HELD_OUT_ROWS` test rows give the curve.
+    them; early stopping selects on them); else the dataset's own validation split (:class:`HeldOut`, e.g.
+    ``data.n_validation``); otherwise up to :data:`HELD_OUT_ROWS` test rows give the curve, and early stopping,
+    which would then select on the test set, is refused.
     """
+    if isinstance(dataset, HeldOut) and config.validation_fraction == 0:
+        validation = dataset.validation_data()
+        if len(validation):
+            return dataset.train_data(), validation
+    if config.validation_fraction == 0 and config.early_stopping_patience is not None:
+        raise ConfigError(
+            f"{recipe.source}: train.early_stopping_patience needs validation rows (train.validation_fraction > 0 "
+            "or the dataset's own validation split); stopping on the test split would select on the test set"
+        )
     if config.validation_fraction > 0:
         if isinstance(dataset, TableData) and dataset.streams:
             raise ConfigError(

@@ -124,6 +124,14 @@ class Labelled(ABC):
         """Integer labels (N,) of the split, in the order of :meth:`Dataset.train_data`/``test_data``."""
 
 
+class HeldOut(ABC):
+    """Datasets with a validation split of their own, held out of the training rows (e.g. ``n_validation``)."""
+
+    @abstractmethod
+    def validation_data(self) -> torch.Tensor:
+        """The validation rows in the model's space (0 rows when the dataset holds none out)."""
+
+
 class TableData(ABC):
     """A user's (N, D) table in its own units: the model trains in standardized units (:attr:`standardization`
     maps file units to the model's), on batches that large files stream from disk (:meth:`batch_source`).

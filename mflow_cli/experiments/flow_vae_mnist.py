@@ -9,7 +9,7 @@ finished run with the same recipe is reused; an unfinished one, or one with a sm
 then scores it with the recipe's ``evaluate`` section (``--set evaluate.*`` changes only the scoring, never
 the training recipe) and writes ``--out/table.md`` and ``--out/results.json``: per posterior −log p(x) with
 k = 200 and 5,000 importance samples ± the standard error over test images, −ELBO, the KL term, the gain over
-the plain VAE, the epochs to the best validation ELBO (when the training records a ``validation_loss``; else
+the plain VAE, the epochs to the best validation ELBO (when the training records a ``val_loss``; else
 "fixed budget"), the training and evaluation minutes and the parameter count. Evaluations are cached in
 ``--out/evaluations`` and reused while the model file and the options are unchanged.
 """
@@ -38,7 +38,7 @@ console = Console()
 RECIPE_ORDER = ["none", "planar10", "planar20", "planar40", "planar80", "radial", "householder", "nice", "iaf",
                 "sylvester_orthogonal", "sylvester_householder", "sylvester_triangular"]
 DEFAULT_RECIPES = [Path("recipes") / f"flowvae_mnist40_{name}.yaml" for name in RECIPE_ORDER]
-VALIDATION_KEY = "validation_loss"
+VALIDATION_KEY = "val_loss"  # the training loop's held-out loss (the validation split when there is one)
 """The per-epoch record key of the held-out loss (−ELBO on the validation split) that picks the best epoch."""
 REFERENCE_NATS = 89.9
 """The plain VAE's −log p(x) of Rezende & Mohamed (2015, Table 2), reproduced at 89.78 by the pythae benchmark."""

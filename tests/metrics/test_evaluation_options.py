@@ -126,6 +126,7 @@ CHANGES = [
     (evaluate_flow_vae, vae_setup, SMALL_VAE, "iw_samples", 4),
     (evaluate_flow_vae, vae_setup, SMALL_VAE, "max_examples", 10),
     (evaluate_flow_vae, vae_setup, SMALL_VAE, "seed", 1),
+    (evaluate_flow_vae, vae_setup, SMALL_VAE, "tight_iw_samples", 16),
 ]
 # Fields that cannot change the numbers: batch splits (within float tolerance) and the cache's place.
 SAME = [
