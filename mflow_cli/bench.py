@@ -491,14 +491,3 @@ def growth_rows(threads: int | None = 1) -> list[GrowthRow]:
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         rows.append(GrowthRow(**json.loads(out.stdout.strip().splitlines()[-1])))
     return rows
-
-
-if __name__ == "__main__":  # python -m mflow_cli.bench: the cost-growth curves (minutes)
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    print("task        d      D  batch   ms/point  peak MB/point  research ms/point")
-    for r in growth_rows():
-        research = "" if r.research_seconds_per_point is None else f"{1e3 * r.research_seconds_per_point:14.1f}"
-        print(f"{r.task:10} {r.latent_dim:3} {r.data_dim:6} {r.batch:6} {1e3 * r.seconds_per_point:10.2f}"
-              f" {r.peak_mb_per_point:14.2f} {research}")

@@ -202,9 +202,10 @@ def _print_metrics(metrics: dict, title: Text) -> None:
         if not rows:
             continue
         table = Table(title=heading)
-        for col, justify in (("metric", "left"), ("value", "right"), ("unit", "left"), ("better", "left"),
-                             ("what it is", "left")):
-            table.add_column(col, justify=justify)
+        table.add_column("metric", no_wrap=True, min_width=max(map(len, rows)))  # keys are never cut
+        table.add_column("value", justify="right", no_wrap=True)
+        for col in ("unit", "better", "what it is"):
+            table.add_column(col)
         for key, value in rows.items():
             shown = f"{value:.6g}" if isinstance(value, float) else ("n/a" if value is None else str(value))
             table.add_row(Text(key), Text(shown), Text(about[key]["unit"]), Text(about[key]["better"]),
@@ -340,6 +341,8 @@ def bench(
         True, "--models/--no-models", help="Also time a DNF training step and the on-manifold density (CPU)."
     ),
     info: bool = typer.Option(False, "--info", help="Only print which kernel path is active."),
+    growth: bool = typer.Option(False, "--growth", help="Only the cost-growth rows: M-flow's exact NLL up to "
+                                "D = 1,000 and the on-manifold density at D = 12,288 (each in a fresh process)."),
 ) -> None:
     """Time the fused kernels against the pure-PyTorch reference path, side by side in one run."""
     import torch
@@ -349,6 +352,20 @@ def bench(
 
     console.print(f"mflow {__version__}: {backend_info()}; torch {torch.__version__}")
     if info:
+        return
+    if growth:
+        from ..bench import growth_rows
+
+        with console.status("timing the cost growth (a process per size)"):
+            grown = growth_rows(threads=threads)
+        table = Table(title="cost growth: time and peak memory per point")
+        for col in ("task", "d", "D", "batch", "ms / point", "peak MB / point", "research method ms / point"):
+            table.add_column(col, justify="left" if col == "task" else "right")
+        for r in grown:
+            research = "" if r.research_seconds_per_point is None else f"{1e3 * r.research_seconds_per_point:,.1f}"
+            table.add_row(r.task, str(r.latent_dim), f"{r.data_dim:,}", str(r.batch),
+                          f"{1e3 * r.seconds_per_point:.2f}", f"{r.peak_mb_per_point:.2f}", research)
+        console.print(table)
         return
     with console.status("benchmarking"):
         rows = run_bench(repeats=repeats, threads=threads, quick=quick, device=device, flows=flows)

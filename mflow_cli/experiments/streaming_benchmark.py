@@ -54,8 +54,8 @@ try:
 except TrainingInterrupted:
     pass
 hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
-print(json.dumps({"streams": dataset.streams, "peak_rss_mb": hwm,
-                  "samples_per_s": (steps - 10) * batch / stop.seconds}))
+sys.stdout.write(json.dumps({"streams": dataset.streams, "peak_rss_mb": hwm,
+                             "samples_per_s": (steps - 10) * batch / stop.seconds}) + "\n")
 """
 
 
