@@ -234,7 +234,10 @@ def train_run(
     return out_dir
 
 
-def _train_into(recipe, out_dir, device, dist, main, resume, force, monitor) -> None:
+def _train_into(
+    recipe: Recipe, out_dir: Path, device: torch.device, dist: distributed.Distributed | None, main: bool,
+    resume: bool, force: bool, monitor: TrainingMonitor | None,
+) -> None:
     """The body of :func:`train_run`, holding the run folder's lock (rank 0)."""
     ckpt_path = out_dir / CHECKPOINT_FILE
     resume_state = None
