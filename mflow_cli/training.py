@@ -130,6 +130,8 @@ class _StopRequest:
     def __enter__(self) -> _StopRequest:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                if signal.getsignal(sig) is signal.SIG_IGN:  # ignored by the caller (nohup, a background job)
+                    continue
                 old = signal.signal(sig, self._handle)
                 self._old[sig] = signal.SIG_DFL if old is None else old
         return self

@@ -93,3 +93,11 @@ class StopAt(TrainingMonitor):
         self.seen += 1
         if self.seen == self.n:
             raise KeyboardInterrupt
+
+
+def restore_default_signals() -> None:
+    """For ``preexec_fn``: a child started from a background job inherits SIGINT ignored (as bash does for
+    asynchronous commands); give it the default so it can be interrupted as from a terminal."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

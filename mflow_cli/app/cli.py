@@ -429,7 +429,8 @@ def run() -> None:
     warnings.filterwarnings("ignore", module="nflows")
     warnings.filterwarnings("ignore", message=".*triangular_solve is deprecated.*")
     for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _on_signal)
+        if signal.getsignal(sig) is not signal.SIG_IGN:  # nohup (SIGHUP ignored) keeps working as asked
+            signal.signal(sig, _on_signal)
     try:
         code = app(standalone_mode=False)
     except (ConfigError, OutputError) as err:

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import tiny_recipe
+from helpers import restore_default_signals, tiny_recipe
 
 from mflow_cli import io
 from mflow_cli.app import runs
@@ -304,7 +304,7 @@ def test_stale_temp_files_of_dead_processes_are_removed_by_the_next_writer(tmp_p
 def _mflow_process(*args, env=None, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "mflow_cli", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, **kwargs)
+                            stderr=subprocess.PIPE, text=True, env=env, preexec_fn=restore_default_signals, **kwargs)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import tiny_recipe
+from helpers import restore_default_signals, tiny_recipe
 
 from mflow_cli import io
 from mflow_cli.app.recipe import validate
@@ -108,7 +108,8 @@ def _start_held(workdir: Path, run_dir: Path, **hold) -> tuple[subprocess.Popen,
     ready, go = run_dir.with_suffix(".ready"), run_dir.with_suffix(".go")
     cmd = [sys.executable, str(workdir / "driver.py"), "train", str(workdir / "robust.yaml"), "--out", str(run_dir)]
     proc = subprocess.Popen(
-        cmd, env=_env(READY_FILE=ready, GO_FILE=go, **hold), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        cmd, env=_env(READY_FILE=ready, GO_FILE=go, **hold), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=restore_default_signals,
     )
     deadline = time.monotonic() + 180
     while not ready.exists():
@@ -417,7 +418,8 @@ def test_killed_sample_never_leaves_a_half_written_file(workdir, straight, tmp_p
     )
     cmd = [sys.executable, str(driver), "sample", str(workdir / "straight"), "-n", "300", "--batch-size", "100",
            "-o", str(out)]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=restore_default_signals)
     deadline = time.monotonic() + 120
     while not ready.exists():
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
