@@ -332,7 +332,10 @@ def _training_rows(dataset: Dataset, config: TrainConfig, recipe: Recipe) -> tup
         rows = dataset.train_data()
         order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(recipe.seed + 7919))
         k = max(1, round(config.validation_fraction * len(rows)))
-        return rows[order[k:]], rows[order[:k]]
+        with torch.random.fork_rng():  # into the model's space as test rows are (e.g. binarized), drawn once
+            torch.manual_seed(recipe.seed + 7919)
+            validation = dataset.batch_transform(rows[order[:k]])
+        return rows[order[k:]], validation
     data = dataset.batch_source() if isinstance(dataset, TableData) else dataset.train_data()
     return data, dataset.test_data()[:HELD_OUT_ROWS]
 
