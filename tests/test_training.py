@@ -108,3 +108,29 @@ def test_tensorboard_event_files_hold_the_epoch_records(tmp_path):
     assert {"joint/loss", "joint/val_loss", "joint/lr"} <= tags
     records = io.read_jsonl(run / "metrics.jsonl")
     assert [e.value for e in events.Scalars("joint/loss")] == pytest.approx([r["loss"] for r in records])
+
+
+def test_early_stopping_on_validation_rows_stops_after_patience_and_keeps_the_best_epoch(tmp_path):
+    from helpers import tiny_recipe
+
+    from mflow_cli.app.recipe import validate
+
+    doc = tiny_recipe(train={"epochs": 30, "batch_size": 100, "lr": 3e-3, "validation_fraction": 0.25,
+                             "early_stopping_patience": 2})
+    run = train_run(validate(doc, "es.yaml"), tmp_path / "run")
+    records = io.read_jsonl(run / "metrics.jsonl")
+    losses = [r["val_loss"] for r in records]
+    best = min(range(len(losses)), key=losses.__getitem__)
+    assert records[-1]["val_best_epoch"] == best + 1
+    assert len(records) <= best + 1 + 2  # stopped once 2 epochs brought no better validation loss (or ran out)
+    assert len(records) < 30 or best >= 27
+
+
+def test_early_stopping_on_the_test_split_is_refused(tmp_path):
+    from helpers import tiny_recipe
+
+    from mflow_cli.app.recipe import validate
+
+    doc = tiny_recipe(train={"epochs": 3, "batch_size": 100, "early_stopping_patience": 2})
+    with pytest.raises(ConfigError, match="needs validation rows"):
+        train_run(validate(doc, "es.yaml"), tmp_path / "run")
