@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import copy
+import gzip
+import struct
 from typing import Literal
 
+import numpy as np
 import torch
 
 from mflow_cli.datasets.base import Dataset, Labelled, PixelData
@@ -101,3 +104,10 @@ def restore_default_signals() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def write_idx(path, arr: np.ndarray, gz: bool = True) -> None:
+    """``arr`` as an 8-bit IDX file (the MNIST format), gzipped unless ``gz`` is false."""
+    header = struct.pack(">BBBB", 0, 0, 8, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    with (gzip.open if gz else open)(path, "wb") as fh:
+        fh.write(header + arr.astype(np.uint8).tobytes())

@@ -30,9 +30,9 @@ from mflow_cli.app.recipe import Recipe, load_recipe, write_yaml
 from mflow_cli.app.runs import METRICS_FILE, MODEL_FILE, RECIPE_FILE, build_dataset, build_model, load_run, save_model
 from mflow_cli.datasets.images import ImageManifold
 from mflow_cli.datasets.pixels import N_LEVELS
+from mflow_cli.metrics.common import sample_in_batches
 from mflow_cli.metrics.images import ImageEvaluation, evaluate_images, renderer_of
 from mflow_cli.metrics.renderer_distance import project_onto_renderer
-from mflow_cli.metrics.vq_flow import sample_in_batches
 from mflow_cli.training import TrainConfig, TrainingMonitor, train
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"

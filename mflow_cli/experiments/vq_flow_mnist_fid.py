@@ -23,8 +23,9 @@ from rich.console import Console
 
 from mflow_cli.app.recipe import load_recipe
 from mflow_cli.app.runs import build_dataset, build_model
+from mflow_cli.metrics.common import sample_in_batches
 from mflow_cli.metrics.fid import fid_score
-from mflow_cli.metrics.vq_flow import batched_log_prob, feature_network, sample_in_batches
+from mflow_cli.metrics.vq_flow import batched_log_prob, feature_network
 from mflow_cli.plots.common import image_grid, pyplot, save
 from mflow_cli.training import TrainConfig, TrainingMonitor, train
 

@@ -58,3 +58,9 @@ class Metric:
     better: Literal["higher", "lower", "closer to 1", "n/a"]
     doc: str
     timing: bool = False
+
+
+def sample_in_batches(model: torch.nn.Module, n: int, batch_size: int) -> torch.Tensor:
+    """``n`` model samples drawn ``batch_size`` at a time, on the CPU."""
+    with torch.no_grad():
+        return torch.cat([model.sample(min(batch_size, n - s)).cpu() for s in range(0, n, batch_size)])

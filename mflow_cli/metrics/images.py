@@ -19,11 +19,11 @@ from ..datasets.pixels import N_LEVELS
 from ..datasets.procedural import split_parameters
 from ..errors import ConfigError
 from ..models.interfaces import ManifoldModel
-from .common import Metric, at_least, finite_metrics, model_device
+from .common import Metric, at_least, finite_metrics, model_device, sample_in_batches
 from .fid import fid_score
 from .manifold import ambient_log_prob, manifold_log_prob
 from .renderer_distance import Renderer, distance_summary, project_onto_renderer
-from .vq_flow import feature_network, sample_in_batches
+from .vq_flow import feature_network
 
 JACOBIAN_ROWS = 256  # on-manifold densities in chunks of this many decoder-Jacobian rows (chunk · d)
 
@@ -220,9 +220,7 @@ def evaluate_images(
             linear, knn = latent_recovery_r2(u, true_parameters(dataset, len(flat)), options.knn_neighbours)
             metrics["latent_r2_linear"], metrics["latent_r2_knn"] = linear, knn
     if samples is not None and options.fid:
-        with torch.random.fork_rng():  # the same dequantized training images, so one cached classifier for all models
-            torch.manual_seed(options.seed)
-            net = feature_network(dataset, options.fid_feature_net, options.fid_cache_dir)
+        net = feature_network(dataset, options.fid_feature_net, options.fid_cache_dir, options.seed)
         metrics["frechet_feature_distance"] = fid_score(net, pixels.to_images(samples), pixels.to_images(flat))
     return finite_metrics(metrics)
 

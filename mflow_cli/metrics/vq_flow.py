@@ -11,7 +11,7 @@ import torch
 
 from ..datasets.base import Dataset, DistanceToManifold, ExistingPath, Labelled, PixelData
 from ..models.interfaces import AtlasModel
-from .common import Metric, at_least, finite_metrics, model_device
+from .common import Metric, at_least, finite_metrics, model_device, sample_in_batches
 from .fid import cached_feature_classifier, fid_score
 
 METRICS: dict[str, Metric] = {
@@ -110,19 +110,20 @@ def feature_inputs(dataset: Dataset, x: torch.Tensor) -> torch.Tensor:
     return dataset.pixels.to_images(x) if isinstance(dataset, PixelData) else x
 
 
-def feature_network(dataset: Dataset, feature_net: str | None, cache_dir: str):
-    """The user's TorchScript feature network, else the cached small classifier for this dataset."""
+def feature_network(dataset: Dataset, feature_net: str | None, cache_dir: str, seed: int = 0):
+    """The user's TorchScript feature network, else the cached small classifier for this dataset.
+
+    The classifier's training images are drawn through the dataset's batch transform, and a classifier not yet
+    cached is trained, under ``seed`` (the global RNG left as it was), so every model scored on a dataset gets the
+    same network and cache entry.
+    """
     if feature_net is not None:
         return torch.jit.load(feature_net, map_location="cpu").eval()
-    images = feature_inputs(dataset, dataset.batch_transform(dataset.train_data()))
     labels = dataset.labels("train") if isinstance(dataset, Labelled) else None
-    return cached_feature_classifier(images, labels, cache_dir)
-
-
-def sample_in_batches(model: torch.nn.Module, n: int, batch_size: int) -> torch.Tensor:
-    """``n`` model samples drawn ``batch_size`` at a time, on the CPU."""
-    with torch.no_grad():
-        return torch.cat([model.sample(min(batch_size, n - s)).cpu() for s in range(0, n, batch_size)])
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        images = feature_inputs(dataset, dataset.batch_transform(dataset.train_data()))
+        return cached_feature_classifier(images, labels, cache_dir)
 
 
 def evaluate_vq_flow(
@@ -166,9 +167,7 @@ def evaluate_vq_flow(
         metrics["mean_sample_distance_to_support"] = float(dataset.distance_to_manifold(samples).mean())
         metrics["mean_test_distance_to_support"] = float(dataset.distance_to_manifold(test).mean())
     if options.fid:
-        with torch.random.fork_rng():  # the same feature network (and cache entry) whatever ran before
-            torch.manual_seed(options.seed)
-            net = feature_network(dataset, options.fid_feature_net, options.fid_cache_dir)
+        net = feature_network(dataset, options.fid_feature_net, options.fid_cache_dir, options.seed)
         samples = feature_inputs(dataset, sample_in_batches(model, options.fid_samples, batch_size))
         metrics["frechet_feature_distance"] = fid_score(net, samples, feature_inputs(dataset, test))
     return finite_metrics(metrics)

@@ -7,21 +7,15 @@ from __future__ import annotations
 import gzip
 import math
 import pickle
-import struct
 
 import numpy as np
 import pytest
 import scipy.io
 import torch
+from helpers import write_idx
 
 from mflow_cli.datasets import images_standard as ims
 from mflow_cli.errors import ConfigError
-
-
-def write_idx(path, arr: np.ndarray, gz: bool = True) -> None:
-    header = struct.pack(">BBBB", 0, 0, 8, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
-    with (gzip.open if gz else open)(path, "wb") as fh:
-        fh.write(header + arr.astype(np.uint8).tobytes())
 
 
 @pytest.fixture

@@ -5,15 +5,14 @@ different from the stochastic one); the experiment command on a tiny MNIST."""
 
 from __future__ import annotations
 
-import gzip
 import math
-import struct
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from helpers import write_idx
 
 from mflow_cli.datasets.images_standard import MNIST
 from mflow_cli.metrics.flow_vae import (
@@ -131,20 +130,14 @@ def test_tight_iw_samples_below_iw_samples_is_refused():
 # --------------------------------------------------------------------------- static binarization
 
 
-def _write_idx(path, arr: np.ndarray) -> None:
-    header = struct.pack(">BBBB", 0, 0, 8, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
-    with gzip.open(path, "wb") as fh:
-        fh.write(header + arr.astype(np.uint8).tobytes())
-
-
 @pytest.fixture
 def tiny_mnist(tmp_path):
     rng = np.random.default_rng(0)
     folder = tmp_path / "mnist"
     folder.mkdir()
     for split, n in (("train", 120), ("t10k", 40)):
-        _write_idx(folder / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
-        _write_idx(folder / f"{split}-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
+        write_idx(folder / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(folder / f"{split}-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
     return folder
 
 

@@ -3,15 +3,14 @@ with a zero-length flow vs a plain VAE computed by hand, likelihood normalisatio
 
 from __future__ import annotations
 
-import gzip
 import math
-import struct
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from helpers import write_idx
 
 from mflow_cli.flows.latent import HouseholderStep, LatentFlow, NiceStep
 from mflow_cli.models.flow_vae import FlowVAE, discretized_logistic_log_prob, gaussian_log_prob
@@ -148,12 +147,6 @@ def test_discretized_logistic_sums_to_one_over_256_bins():
 # --------------------------------------------------------------------------- CLI-level
 
 
-def _write_idx(path, arr: np.ndarray) -> None:
-    header = struct.pack(">BBBB", 0, 0, 8, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
-    with gzip.open(path, "wb") as fh:
-        fh.write(header + arr.astype(np.uint8).tobytes())
-
-
 @pytest.fixture
 def tiny_mnist(tmp_path):
     rng = np.random.default_rng(0)
@@ -161,8 +154,8 @@ def tiny_mnist(tmp_path):
     folder.mkdir()
     for split, n in (("train", 200), ("t10k", 60)):
         images = (rng.random((n, 28, 28)) < 0.2) * rng.integers(0, 256, (n, 28, 28))
-        _write_idx(folder / f"{split}-images-idx3-ubyte.gz", images)
-        _write_idx(folder / f"{split}-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
+        write_idx(folder / f"{split}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{split}-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
     return folder
 
 
