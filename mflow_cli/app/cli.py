@@ -15,7 +15,7 @@ import signal
 import sys
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.console import Console
@@ -25,6 +25,9 @@ from typer.core import TyperCommand
 
 from ..errors import ConfigError, OutputError
 from ..version import __version__
+
+if TYPE_CHECKING:
+    from .progress import Reporter
 
 
 class _Command(TyperCommand):
@@ -74,7 +77,7 @@ def _reporting():
     """A progress reporter for the console (bar or lines), finished whatever happens."""
     from .progress import reporter_for
 
-    reporter = reporter_for(console)
+    reporter = _StopsOnSignal(reporter_for(console))
     try:
         yield reporter
     finally:
@@ -410,9 +413,44 @@ def _error(message: str, code: int) -> None:
 
 
 def _on_signal(signum, frame) -> None:
-    """SIGTERM/SIGHUP end the command like Ctrl-C: atomic outputs are left unwritten, training saves."""
+    """SIGINT/SIGTERM/SIGHUP end the command: atomic outputs are left unwritten, training saves.
+
+    The ``KeyboardInterrupt`` raised here is lost when the signal lands inside a callback Python runs for
+    its own housekeeping (a weakref or ``__del__`` callback, whose exceptions are printed and dropped), so
+    the signal is also recorded: progress raises it again at the next batch, and :func:`run` exits 130
+    even for a command that went on to finish.
+    """
     _signalled.append(signal.Signals(signum).name)
     raise KeyboardInterrupt
+
+
+def _raise_if_signalled() -> None:
+    if _signalled:
+        raise KeyboardInterrupt
+
+
+def _unraisable(args) -> None:
+    """Our own interrupt, dropped inside a housekeeping callback, is not printed: it is raised again."""
+    if not (_signalled and isinstance(args.exc_value, KeyboardInterrupt)):
+        sys.__unraisablehook__(args)
+
+
+class _StopsOnSignal:
+    """A progress reporter that first raises an interrupt recorded but not yet delivered (see ``_on_signal``)."""
+
+    def __init__(self, reporter: Reporter) -> None:
+        self.reporter = reporter
+
+    def start(self, description: str, total: int, done: int = 0) -> None:
+        _raise_if_signalled()
+        self.reporter.start(description, total, done)
+
+    def advance(self, steps: int = 1, info: str = "") -> None:
+        _raise_if_signalled()
+        self.reporter.advance(steps, info)
+
+    def finish(self) -> None:
+        self.reporter.finish()
 
 
 def _interrupted() -> None:
@@ -428,9 +466,11 @@ def run() -> None:
         log.propagate = False
     warnings.filterwarnings("ignore", module="nflows")
     warnings.filterwarnings("ignore", message=".*triangular_solve is deprecated.*")
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        if signal.getsignal(sig) is not signal.SIG_IGN:  # nohup (SIGHUP ignored) keeps working as asked
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        # nohup's SIGHUP and a background job's SIGINT stay ignored: the command keeps working as asked
+        if signal.getsignal(sig) is not signal.SIG_IGN:
             signal.signal(sig, _on_signal)
+    sys.unraisablehook = _unraisable
     try:
         code = app(standalone_mode=False)
     except (ConfigError, OutputError) as err:
@@ -455,7 +495,7 @@ def run() -> None:
         if os.environ.get("MFLOW_DEBUG"):
             raise
         _error(f"internal error: {type(exc).__name__}: {exc} (please report it; MFLOW_DEBUG=1 shows where)", 1)
-    if code == 130:
+    if code == 130 or _signalled:
         _interrupted()
     if code:
         sys.exit(code)

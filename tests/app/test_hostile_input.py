@@ -323,6 +323,49 @@ def test_an_interrupted_sample_exits_130_with_one_line_and_writes_nothing(tmp_pa
     assert not list(tmp_path.iterdir())
 
 
+_SIGNAL_IN_A_WEAKREF_CALLBACK = """
+import os, signal, sys, weakref
+from mflow_cli import io
+from mflow_cli.app import cli
+
+class Thing:
+    pass
+
+write, calls = io.H5Writer.write, []
+
+def write_and_be_signalled(self, *args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:  # the signal lands inside a callback whose exceptions Python prints and drops
+        def callback(ref):
+            os.kill(os.getpid(), signal.{sig})
+            for _ in range(100000):
+                pass
+        thing = Thing()
+        ref = weakref.ref(thing, callback)
+        del thing
+    return write(self, *args, **kwargs)
+
+io.H5Writer.write = write_and_be_signalled
+sys.argv = ["mflow", *sys.argv[1:]]
+cli.run()
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_a_signal_lost_in_a_housekeeping_callback_still_interrupts(tmp_path, trained, sig):
+    """Python drops (and prints) an exception raised inside a weakref or ``__del__`` callback; an interrupt that
+    lands there must still stop the command at the next batch, with one line and no output."""
+    script = _SIGNAL_IN_A_WEAKREF_CALLBACK.replace("{sig}", sig.name)
+    proc = subprocess.run([sys.executable, "-c", script, "sample", str(trained), "-n", "50000", "--batch-size",
+                           "10", "-o", str(tmp_path / "s.h5")], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=restore_default_signals)
+    assert proc.returncode == 130, proc.stderr
+    lines = [line for line in proc.stderr.strip().splitlines() if not line.startswith("note:")]
+    assert lines == [f"error: interrupted ({sig.name}); unfinished outputs were removed, finished ones and "
+                     "checkpoints kept"], proc.stderr
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_second_writer_is_refused_until_the_first_dies(tmp_path):
     run = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", (
