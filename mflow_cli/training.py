@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from .errors import ConfigError
+from .models.base import Model
 
 if TYPE_CHECKING:
     from .distributed import Distributed
@@ -338,10 +339,13 @@ class _Loop:
     def _run_phase(self, phase: str, resume: dict | None) -> None:
         epochs = self.config.epochs_for(phase)
         total = epochs * self.steps_per_epoch
+        resuming = resume is not None and "optimizer" in resume
+        if not resuming and isinstance(self.model, Model):
+            self.model.start_phase(phase, self._training_rows)
         self.optimizer, self.scheduler = _make_optimizer(self.model, phase, self.config, total)
         if self.dist is not None:
             self.forward = self.dist.wrap(self.model, next(self.model.parameters()).device)
-        if resume is not None and "optimizer" in resume:
+        if resuming:
             self.optimizer.load_state_dict(resume["optimizer"])
             self.scheduler.load_state_dict(resume["scheduler"])
             _extend_schedule(self.optimizer, self.scheduler, total)
@@ -354,6 +358,19 @@ class _Loop:
             self.checkpoint()
         if self.best is not None:  # early stopping: end the phase on its best weights
             self.model.load_state_dict(self.best["model"])
+
+    def _training_rows(self, n: int) -> torch.Tensor:
+        """Up to ``n`` training rows, batch-transformed, from a fixed shuffle; the training RNG is not moved."""
+        rows, count = [], 0
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            for x in self.source.batches(self.config.batch_size, torch.Generator().manual_seed(self.seed)):
+                x = x.to(self.device)
+                rows.append(x if self.batch_transform is None else self.batch_transform(x))
+                count += len(x)
+                if count >= n:
+                    break
+        return torch.cat(rows)[:n]
 
     def _patience_spent(self) -> bool:
         patience = self.config.early_stopping_patience

@@ -35,6 +35,40 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, tiny_recipe, kin
     assert steps == sorted(set(steps))  # no duplicated epoch records after the resume
 
 
+@pytest.mark.parametrize("stop", [4, 9], ids=["at-the-phase-boundary", "inside-the-density-phase"])
+def test_a_vq_flow_resumed_equals_uninterrupted_and_starts_its_density_phase_once(tmp_path, stop, monkeypatch):
+    """The density phase's start (chart weights from the training rows) runs once, whether the run was cut at
+    the phase boundary (it runs after the resume) or inside the phase (it does not run again)."""
+    from mflow_cli.models.vq_flow import VQFlow
+
+    doc = {"name": "tiny_vq", "seed": 2, "data": {"name": "thin_spiral", "n_train": 400, "n_test": 100},
+           "model": {"kind": "vq_flow", "num_charts": 3, "chart_layers": 2, "hidden_features": 8,
+                     "background": True},
+           "train": {"epochs": {"vq": 1, "density": 2}, "batch_size": 100, "checkpoint_every": 2}}
+    path = tmp_path / "vq.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    recipe = load_recipe(path)
+    starts = []
+    original = VQFlow.start_phase
+
+    def counted(self, phase, training_rows):
+        starts.append(phase)
+        original(self, phase, training_rows)
+
+    monkeypatch.setattr(VQFlow, "start_phase", counted)
+    train_run(recipe, tmp_path / "straight")
+    assert starts == ["vq", "density"]
+    starts.clear()
+    with pytest.raises(TrainingInterrupted):
+        train_run(recipe, tmp_path / "cut", monitor=StopAt(stop))
+    train_run(recipe, tmp_path / "cut", resume=True)
+    assert starts == ["vq", "density"]
+    a, b = params(tmp_path / "straight"), params(tmp_path / "cut")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert not torch.equal(a["chart_logits"], torch.zeros(3))
+
+
 def test_resume_from_a_periodic_checkpoint_alone(tmp_path, tiny_recipe):
     """As after SIGKILL: only the last periodic checkpoint survives, yet the result is the same."""
     recipe = load_recipe(tiny_recipe, ["train.epochs=2", "train.checkpoint_every=3"])

@@ -34,6 +34,16 @@ METRICS: dict[str, Metric] = {
         "test negative log-likelihood in bits per dimension", "bits/dim", "lower",
         "−(log p(y) + log|∂y/∂p|) / (D ln 2) over the 8-bit pixel values p of the test images (image data).",
     ),
+    "median_test_bits_per_dim": Metric(
+        "median over the test images of their bits per dimension", "bits/dim", "lower",
+        "The median of the per-image −(log p(y) + log|∂y/∂p|) / (D ln 2) (image data): the typical image, "
+        "where test_bits_per_dim is the mean over all of them.",
+    ),
+    "worst_test_bits_per_dim": Metric(
+        "the worst test image's bits per dimension", "bits/dim", "lower",
+        "The largest per-image −(log p(y) + log|∂y/∂p|) / (D ln 2) over the test images (image data): how "
+        "little mass the model gives the test image it explains worst.",
+    ),
     "mean_charts_per_point": Metric(
         "mean number of charts per test point", "count", "n/a",
         "The mean number of charts a test point belongs to (K > 1; 1 when the charts do not overlap).",
@@ -133,8 +143,9 @@ def evaluate_vq_flow(
     every key it can return is described in :data:`METRICS` (name, unit, direction, meaning).
 
     Always ``n_test``, ``test_log_likelihood``, ``test_log_likelihood_points_per_s``, ``num_charts`` and
-    ``atlas_mass`` (``mass_samples`` Monte-Carlo samples); ``test_bits_per_dim`` for
-    :class:`~mflow_cli.datasets.base.PixelData`; ``mean_charts_per_point`` and ``charts_used`` when K > 1;
+    ``atlas_mass`` (``mass_samples`` Monte-Carlo samples); ``test_bits_per_dim`` (mean), its median and the
+    worst image's for :class:`~mflow_cli.datasets.base.PixelData`; ``mean_charts_per_point`` and ``charts_used``
+    when K > 1;
     ``mean_sample_distance_to_support`` and ``mean_test_distance_to_support`` for
     :class:`~mflow_cli.datasets.base.DistanceToManifold` datasets with ``n_samples`` > 0;
     ``frechet_feature_distance`` with ``fid`` (``fid_samples`` model samples, :mod:`mflow_cli.metrics.fid`).
@@ -156,7 +167,10 @@ def evaluate_vq_flow(
     if isinstance(dataset, PixelData):
         dims = test[0].numel()
         log_jacobian = dataset.pixels.log_jacobian_to_pixels(test)
-        metrics["test_bits_per_dim"] = float(-(log_p + log_jacobian).mean() / (dims * math.log(2)))
+        per_image = -(log_p + log_jacobian) / (dims * math.log(2))
+        metrics["test_bits_per_dim"] = float(per_image.mean())
+        metrics["median_test_bits_per_dim"] = float(per_image.median())
+        metrics["worst_test_bits_per_dim"] = float(per_image.max())
     if model.num_charts > 1:
         with torch.no_grad():
             members = torch.cat([model.membership(c.reshape(len(c), -1)) for c in torch.split(test, batch_size)])

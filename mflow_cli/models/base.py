@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -25,6 +25,12 @@ class Model(nn.Module):
 
     def phase_parameters(self, phase: str) -> Iterable[nn.Parameter]:
         return self.parameters()
+
+    def start_phase(self, phase: str, training_rows: Callable[[int], torch.Tensor]) -> None:
+        """Called by the training loop once as ``phase`` begins (not when it resumes): set up what the phase
+        starts from, e.g. parameters read off an earlier phase's result. ``training_rows(n)`` gives up to
+        ``n`` training rows as the loss sees them (a fixed draw; the training RNG is not moved). Nothing by
+        default."""
 
     def loss(self, x: torch.Tensor, phase: str) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
