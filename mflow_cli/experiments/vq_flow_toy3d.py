@@ -20,8 +20,9 @@ from rich.console import Console
 from rich.table import Table
 
 from mflow_cli.app.runs import build_dataset, load_run
+from mflow_cli.datasets.toy3d import sample_support
 from mflow_cli.plots.common import pyplot, save
-from mflow_cli.plots.vq_flow import scatter3d
+from mflow_cli.plots.vq_flow import SUPPORT_POINTS, scatter3d, view_limits
 
 
 def main() -> None:
@@ -44,14 +45,20 @@ def main() -> None:
             torch.manual_seed(0)
             with torch.no_grad():
                 x, k, _ = model.sample_charts(args.n)
-            label = "classic RealNVP" if col == 0 else f"VQ-RealNVP ({model.num_charts} charts)"
+            label = (f"classic RealNVP samples ({args.n})" if col == 0 else
+                     f"VQ-RealNVP samples ({args.n}, colour: chart)")
             panels.append((label, x, k.float() if model.num_charts > 1 else None))
             ev = json.loads((run / "evaluation.json").read_text()) if (run / "evaluation.json").is_file() else {}
             table.add_row(name, *(f"{ev.get(key, float('nan')):.4f}" for key in keys))
-        data = build_dataset(recipe).test_data()[: args.n]
-        for col, (title, x, colour) in enumerate([("data", data, None), *panels]):
+        dataset = build_dataset(recipe)
+        data = dataset.test_data()[: args.n]
+        support = sample_support(dataset.shape, SUPPORT_POINTS, torch.Generator().manual_seed(0)).float()
+        limits = view_limits(torch.cat([data, support]))
+        for col, (title, x, colour) in enumerate([(f"test data ({len(data)})", data, None), *panels]):
             ax = fig.add_subplot(len(args.shapes), 3, 3 * row + col + 1, projection="3d")
-            scatter3d(ax, x, f"{shape}: {title}", colour)
+            scatter3d(ax, x, f"{shape}: {title}", colour, limits, 3.0, support)
+    fig.suptitle("toy 3-D data: test points, classic RealNVP and VQ-RealNVP samples over the true support (grey)",
+                 fontsize=11)
     console = Console()
     console.print(table)
     console.print(f"wrote {save(fig, Path(args.out))}")

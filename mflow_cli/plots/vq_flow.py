@@ -66,15 +66,19 @@ def scatter3d(ax, x: torch.Tensor, title: str, colour: torch.Tensor | None, limi
     ax.view_init(elev=25, azim=-60)
 
 
+def view_limits(reference: torch.Tensor) -> list[tuple[float, float]]:
+    """Axis limits (low, high) per coordinate: the range of ``reference`` (N, 3), widened by 15 %."""
+    low, high = reference.min(0).values, reference.max(0).values
+    pad = 0.15 * (high - low).clamp(min=1e-6)
+    return [(float(a), float(b)) for a, b in zip(low - pad, high + pad, strict=True)]
+
+
 def samples_next_to_data(panels: list[tuple[str, torch.Tensor, torch.Tensor | None, float]], path: Path,
                          support: torch.Tensor | None = None, title: str = "") -> Path:
     """One 3-D scatter per (title, points (N, 3), chart per point or None, marker size), side by side, on
     the same axes limits (the first panel's range, widened by 15 %); a chart legend right of the last panel."""
     plt = pyplot()
-    reference = panels[0][1] if support is None else torch.cat([panels[0][1], support])
-    low, high = reference.min(0).values, reference.max(0).values
-    pad = 0.15 * (high - low).clamp(min=1e-6)
-    limits = [(float(a), float(b)) for a, b in zip(low - pad, high + pad, strict=True)]
+    limits = view_limits(panels[0][1] if support is None else torch.cat([panels[0][1], support]))
     fig = plt.figure(figsize=(4.8 * len(panels) + 1.2, 4.6))
     for i, (name, x, colour, size) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1, projection="3d")
