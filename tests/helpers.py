@@ -111,3 +111,15 @@ def write_idx(path, arr: np.ndarray, gz: bool = True) -> None:
     header = struct.pack(">BBBB", 0, 0, 8, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
     with (gzip.open if gz else open)(path, "wb") as fh:
         fh.write(header + arr.astype(np.uint8).tobytes())
+
+
+def write_tiny_mnist(folder, n_train: int, n_test: int, ink: float = 1.0, seed: int = 0):
+    """A folder of the four MNIST IDX files with random 28×28 images (a fraction ``ink`` of pixels non-zero)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir()
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        mask = rng.random((n, 28, 28)) < ink if ink < 1.0 else True
+        images = mask * rng.integers(0, 256, (n, 28, 28))
+        write_idx(folder / f"{split}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{split}-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
+    return folder

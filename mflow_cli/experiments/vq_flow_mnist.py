@@ -101,18 +101,18 @@ def summary(values: list[float | None], fmt: str) -> str:
 def markdown(results: dict[tuple[str, int], dict], seeds: list[int], jobs: int) -> str:
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     head = ["recipe", "flow parameters", *(label for _, label, _ in SHOWN)]
+    n_test = min(int(m["n_test"]) for m in results.values())
     lines = [
         f"Measured by `python -m mflow_cli.experiments.vq_flow_mnist --jobs {jobs} --seeds "
         f"{' '.join(map(str, seeds))}` ({machine}, one thread per run, {jobs} runs at a time); mean ± s.d. over "
-        f"{len(seeds)} seeds; bits/dim over all 10,000 test images:", "",
+        f"{len(seeds)} seeds; bits/dim over all {n_test:,} test images:", "",
         "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
     ]
-    for pair in PAIRS:
-        for recipe in pair:
-            runs = [results[(recipe, s)] for s in seeds]
-            cells = [f"`{recipe}`", f"{runs[0]['flow_parameters']:,}"]
-            cells += [summary([_value(m, key) for m in runs], fmt) for key, _, fmt in SHOWN]
-            lines.append("| " + " | ".join(cells) + " |")
+    for recipe in dict.fromkeys(recipe for recipe, _ in results):  # in the order they ran
+        runs = [results[(recipe, s)] for s in seeds]
+        cells = [f"`{recipe}`", f"{runs[0]['flow_parameters']:,}"]
+        cells += [summary([_value(m, key) for m in runs], fmt) for key, _, fmt in SHOWN]
+        lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "| run | " + " | ".join(label for _, label, _ in SHOWN) + " |", "|---|" + "---:|" * len(SHOWN)]
     for (recipe, seed), metrics in results.items():
         cells = [summary([_value(metrics, key)], fmt) for key, _, fmt in SHOWN]

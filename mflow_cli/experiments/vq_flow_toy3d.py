@@ -25,13 +25,13 @@ from mflow_cli.plots.common import pyplot, save
 from mflow_cli.plots.vq_flow import SUPPORT_POINTS, scatter3d, view_limits
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("shapes", nargs="+", choices=["rings", "torus", "spheres"])
     parser.add_argument("--runs", default="runs")
     parser.add_argument("--out", default="runs/vq_flow_toy3d.png")
     parser.add_argument("-n", type=int, default=3000)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     plt = pyplot()
     fig = plt.figure(figsize=(12.6, 4.2 * len(args.shapes)))

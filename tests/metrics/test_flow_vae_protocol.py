@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from helpers import write_idx
+from helpers import write_tiny_mnist
 
 from mflow_cli.datasets.images_standard import MNIST
 from mflow_cli.metrics.flow_vae import (
@@ -132,13 +131,7 @@ def test_tight_iw_samples_below_iw_samples_is_refused():
 
 @pytest.fixture
 def tiny_mnist(tmp_path):
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "mnist"
-    folder.mkdir()
-    for split, n in (("train", 120), ("t10k", 40)):
-        write_idx(folder / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
-        write_idx(folder / f"{split}-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
-    return folder
+    return write_tiny_mnist(tmp_path / "mnist", 120, 40)
 
 
 def test_static_binarization_is_fixed_and_differs_from_the_stochastic_one(tiny_mnist):

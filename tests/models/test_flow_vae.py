@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from helpers import write_idx
+from helpers import write_tiny_mnist
 
 from mflow_cli.flows.latent import HouseholderStep, LatentFlow, NiceStep
 from mflow_cli.models.flow_vae import FlowVAE, discretized_logistic_log_prob, gaussian_log_prob
@@ -149,14 +149,7 @@ def test_discretized_logistic_sums_to_one_over_256_bins():
 
 @pytest.fixture
 def tiny_mnist(tmp_path):
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "mnist"
-    folder.mkdir()
-    for split, n in (("train", 200), ("t10k", 60)):
-        images = (rng.random((n, 28, 28)) < 0.2) * rng.integers(0, 256, (n, 28, 28))
-        write_idx(folder / f"{split}-images-idx3-ubyte.gz", images)
-        write_idx(folder / f"{split}-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
-    return folder
+    return write_tiny_mnist(tmp_path / "mnist", 200, 60, ink=0.2)
 
 
 @pytest.mark.parametrize("kind,flow", [("flow_vae", "nice"), ("dynamic_flow_vae", "householder"),
