@@ -43,7 +43,7 @@ def test_a_vq_flow_resumed_equals_uninterrupted_and_starts_its_density_phase_onc
 
     doc = {"name": "tiny_vq", "seed": 2, "data": {"name": "thin_spiral", "n_train": 400, "n_test": 100},
            "model": {"kind": "vq_flow", "num_charts": 3, "chart_layers": 2, "hidden_features": 8,
-                     "background": True},
+                     "background_weight": 0.01},
            "train": {"epochs": {"vq": 1, "density": 2}, "batch_size": 100, "checkpoint_every": 2}}
     path = tmp_path / "vq.yaml"
     path.write_text(yaml.safe_dump(doc))

@@ -170,17 +170,15 @@ def test_density_loss_trains_the_charts_not_the_autoencoder():
 
 def test_the_background_chart_keeps_a_mixture_normalised_and_its_samples_are_standard_normal():
     """m = K and a background chart: p = p_0 q + Σ_k p_k p_k is still a mixture of densities, ∫ p = 1."""
+    p0 = 0.3  # large, so a mistake in its term shows
     model = VQFlow((2,), num_charts=3, m=3, epsilon=0.1, chart_layers=3, hidden_features=16,
-                   background=True).double()
+                   background_weight=p0).double()
     _perturb(model.flow, 0.05)
     with torch.no_grad():
-        model.background_logit.fill_(0.5)  # p_0 well above its 0.001 start, so a mistake in its term shows
         x, cell = _grid(8.0, 241)
         mass = float(torch.exp(model.log_prob(x)).sum() * cell)
-        p0 = float(model._log_weights()[-1].exp())
         xs, k, z = model.sample_charts(20000)
     assert abs(mass - 1.0) < 0.01
-    assert 0.2 < p0 < 0.5
     background = k == model.num_charts
     assert abs(float(background.float().mean()) - p0) < 0.02  # drawn with its weight
     assert torch.equal(xs[background], z[background])  # the identity chart map
@@ -188,16 +186,15 @@ def test_the_background_chart_keeps_a_mixture_normalised_and_its_samples_are_sta
 
 
 def test_with_a_background_chart_the_atlas_mass_is_p0_plus_the_charts_mass_on_their_regions():
+    p0 = 0.2
     model = VQFlow((2,), num_charts=3, m=1, epsilon=0.3, chart_layers=3, hidden_features=16,
-                   background=True).double()
+                   background_weight=p0).double()
     _perturb(model.flow, 0.05)
     with torch.no_grad():
-        model.background_logit.fill_(0.0)
         x, cell = _grid(8.0, 241)
         mass = float(torch.exp(model.log_prob(x)).sum() * cell)
         mc = model.chart_mass(40000)
-        p0 = float(model._log_weights()[-1].exp())
-    assert p0 < mass < 0.999
+    assert p0 + 0.05 < mass < 0.999
     assert abs(mass - mc) < 0.015
 
 
@@ -206,11 +203,10 @@ def test_the_background_chart_bounds_the_cost_of_a_point_every_chart_sends_far_a
     −log p_0 − log q(x), and the encoder gives that point to the background chart."""
     plain = VQFlow((4,), num_charts=3, chart_layers=2, hidden_features=8).double()
     with torch.no_grad():
-        for conformal_scale in (plain.conformal.scale_net.bias,):
-            conformal_scale.fill_(-6.0)  # every chart magnifies by e^6
-    with_background = VQFlow((4,), num_charts=3, chart_layers=2, hidden_features=8, background=True).double()
-    state = {**plain.state_dict(), "background_logit": with_background.background_logit.detach().clone()}
-    with_background.load_state_dict(state)
+        plain.conformal.scale_net.bias.fill_(-6.0)  # every chart magnifies by e^6
+    with_background = VQFlow((4,), num_charts=3, chart_layers=2, hidden_features=8,
+                             background_weight=1e-3).double()
+    with_background.load_state_dict(plain.state_dict())  # the background chart has no parameters
     x = torch.full((5, 4), 3.0, dtype=torch.float64)
     with torch.no_grad():
         lp_plain, lp = plain.log_prob(x), with_background.log_prob(x)
@@ -223,9 +219,12 @@ def test_the_background_chart_bounds_the_cost_of_a_point_every_chart_sends_far_a
     assert (out["chart_map"] == 3).all() and torch.allclose(out["latents"], x)
 
 
-def test_a_background_chart_needs_a_full_dimensional_chart():
-    with pytest.raises(ValueError, match="background needs latent_dim equal to the data dimension 3, got 2"):
-        VQFlow((3,), num_charts=2, latent_dim=2, background=True)
+def test_a_background_chart_needs_a_full_dimensional_chart_and_a_weight_below_one():
+    with pytest.raises(ValueError, match=r"background chart \(background_weight > 0\) needs latent_dim equal to "
+                                         "the data dimension 3, got 2"):
+        VQFlow((3,), num_charts=2, latent_dim=2, background_weight=0.01)
+    with pytest.raises(ValueError, match=r"background_weight must be in \[0, 1\), got 1.0"):
+        VQFlow((3,), num_charts=2, background_weight=1.0)
 
 
 def test_the_density_phase_starts_from_the_charts_share_of_the_training_rows():
