@@ -8,12 +8,12 @@ when d = D). The density (paper eq. 2) is
 
     p(x) = Σ_{k: x ∈ U_k} p_k · |det(J f_k J f_kᵀ)|^{1/2} · q(f_k(x)),
 
-with learned chart weights p_k = softmax(logits), which start at the VQ codes' usage (the fraction of
-training points nearest each code) when the ``density`` phase begins. For d = D the factor is |det J f_k|, read off the
-flow; for d < D it is computed as written, from the (d × D) Jacobian of f_k at x in
-one batched forward-mode pass of f_k (:mod:`mflow_cli.jacobian`) or, with ``thin_logdet: conformal``, in
-closed form (c_k is conformal, so it is log|det J_h| − d·log s_k). Every (point, member chart) pair is
-evaluated in one batch; no loops over samples.
+with learned chart weights p_k = softmax(logits), which start at the charts' share of the training points
+when the ``density`` phase begins. For d = D the factor is |det J f_k|, read off the flow; for d < D it is
+computed as written, from the (d × D) Jacobian of f_k at x in one batched forward-mode pass of f_k
+(:mod:`mflow_cli.jacobian`) or, with ``thin_logdet: conformal``, in closed form (c_k is conformal, so it
+is log|det J_h| − d·log s_k). Every (point, member chart) pair is evaluated in one batch; no loops over
+samples.
 
 A chart's flow sees only its chart's points. On images that teaches it that pixels never inked in its
 chart are constant: the bounded log-scales saturate there (e^6 per pixel over 6 layers), and a test image
@@ -287,8 +287,10 @@ class VQFlow(Model, AtlasModel):
         (x = z)."""
         k = torch.multinomial(self._log_weights().exp(), n, replacement=True)
         z = torch.randn(n, self.latent_dim, device=self._device(), dtype=self.chart_logits.dtype)
+        if not self.background_weight:
+            return self.generate(z, k), k, z
         charted = k < self.num_charts
-        x = z.clone()
+        x = z.clone()  # the background chart's samples are z itself (d = D)
         x[charted] = self.generate(z[charted], k[charted])
         return x, k, z
 

@@ -99,6 +99,9 @@ def test_thin_chart_density_on_the_chart_image_matches_brute_force_gram():
         x = model.generate(z, k)
         z_back, log_pk = model.chart_log_density(x, k)
     assert torch.allclose(z_back, z, atol=1e-8)
+    with torch.no_grad():
+        drawn, drawn_k, drawn_z = model.sample_charts(7)  # thin charts: samples in R^3 from latents in R^2
+    assert drawn.shape == (7, 3) and torch.allclose(drawn, model.generate(drawn_z, drawn_k))
     for i in range(len(z)):
         jg = torch.autograd.functional.jacobian(lambda zz, i=i: model.generate(zz[None], k[i : i + 1])[0], z[i])
         ref = standard_normal_log_prob(z[i]) - 0.5 * torch.logdet(jg.T @ jg)
