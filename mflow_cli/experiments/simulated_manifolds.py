@@ -11,18 +11,16 @@ thread each, ``--jobs`` at a time), into ``RUNS/<row tag>``; a row whose run fol
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+
+from mflow_cli.experiments.common import train_and_evaluate
 
 
 @dataclass(frozen=True)
@@ -57,26 +55,8 @@ SHOWN = (  # (key, label, format) in the order the results column lists them, wh
 )
 
 
-def _mflow(*args: str) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "mflow_cli", *args], env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"mflow {' '.join(args)} failed: {done.stderr.strip().splitlines()[-1:]}")
-
-
 def run_row(row: Row, runs: Path, reuse: bool) -> dict:
-    out = runs / row.tag
-    evaluation = out / "evaluation.json"
-    if not (reuse and evaluation.is_file()):
-        sets = [a for o in (*row.overrides, "threads=1") for a in ("--set", o)]
-        start = time.perf_counter()
-        _mflow("train", row.recipe, *sets, "--out", str(out), "--force")
-        minutes = (time.perf_counter() - start) / 60
-        _mflow("evaluate", str(out))
-        (out / "train_minutes.json").write_text(json.dumps({"minutes": minutes}))
-    metrics = json.loads(evaluation.read_text())
-    metrics["train_minutes"] = json.loads((out / "train_minutes.json").read_text())["minutes"]
-    return metrics
+    return train_and_evaluate(row.recipe, runs / row.tag, row.overrides, reuse)
 
 
 def results_text(metrics: dict) -> str:

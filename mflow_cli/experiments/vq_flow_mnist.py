@@ -15,13 +15,9 @@ used, the flow's parameter count and the training minutes; then one row per run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,6 +25,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+from mflow_cli.experiments.common import train_and_evaluate
 
 PAIRS = (("realnvp_mnist", "vqflow_mnist_realnvp"), ("maf_mnist", "vqflow_mnist_maf"))
 SHOWN = (  # (evaluation key, column, format)
@@ -39,13 +37,6 @@ SHOWN = (  # (evaluation key, column, format)
     ("charts_used", "charts used", "{:.0f}"),
     ("train_minutes", "train min", "{:.1f}"),
 )
-
-
-def _mflow(*args: str) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "mflow_cli", *args], env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"mflow {' '.join(args)} failed: {done.stderr.strip().splitlines()[-1:]}")
 
 
 def flow_parameters(run_dir: Path) -> int:
@@ -59,16 +50,8 @@ def flow_parameters(run_dir: Path) -> int:
 
 def run_one(recipe: str, seed: int, runs: Path, reuse: bool, overrides: tuple[str, ...] = ()) -> dict:
     out = runs / f"{recipe}_s{seed}"
-    evaluation = out / "evaluation.json"
-    if not (reuse and evaluation.is_file()):
-        settings = (f"seed={seed}", "threads=1", f"evaluate.fid_cache_dir={runs / '.fid_cache'}", *overrides)
-        sets = [a for o in settings for a in ("--set", o)]
-        start = time.perf_counter()
-        _mflow("train", recipe, *sets, "--out", str(out), "--force")
-        (out / "train_minutes.json").write_text(json.dumps({"minutes": (time.perf_counter() - start) / 60}))
-        _mflow("evaluate", str(out), "--force")
-    metrics = json.loads(evaluation.read_text())
-    metrics["train_minutes"] = json.loads((out / "train_minutes.json").read_text())["minutes"]
+    settings = (f"seed={seed}", f"evaluate.fid_cache_dir={runs / '.fid_cache'}", *overrides)
+    metrics = train_and_evaluate(recipe, out, settings, reuse)
     metrics["flow_parameters"] = flow_parameters(out)
     return metrics
 

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         limits = view_limits(torch.cat([data, support]))
         for col, (title, x, colour) in enumerate([(f"test data ({len(data)})", data, None), *panels]):
             ax = fig.add_subplot(len(args.shapes), 3, 3 * row + col + 1, projection="3d")
-            scatter3d(ax, x, f"{shape}: {title}", colour, limits, 3.0, support)
+            scatter3d(ax, x, f"{shape}: {title}", colour, limits, 1.0, support)  # small: the support shows
     fig.suptitle("toy 3-D data: test points, classic RealNVP and VQ-RealNVP samples over the true support (grey)",
                  fontsize=11)
     console = Console()

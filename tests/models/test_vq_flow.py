@@ -114,14 +114,19 @@ def _grid(limit: float, n: int) -> tuple[torch.Tensor, float]:
     return torch.stack([xx.reshape(-1), yy.reshape(-1)], 1), float(axis[1] - axis[0]) ** 2
 
 
+def _grid_mass(model: VQFlow) -> float:
+    """∫ p dx over [−8, 8]²: the density summed over a 241 × 241 grid, times the cell area."""
+    x, cell = _grid(8.0, 241)
+    return float(torch.exp(model.log_prob(x)).sum() * cell)
+
+
 def test_atlas_density_integrates_to_one_on_a_2d_grid_when_every_chart_covers():
     """m = K: every x is in every chart, so p(x) is a mixture of flow densities: ∫ p = 1 (grid quadrature)."""
     model = VQFlow((2,), num_charts=3, m=3, epsilon=0.1, chart_layers=3, hidden_features=16).double()
     _perturb(model.flow, 0.05)
     with torch.no_grad():
         model.chart_logits.copy_(torch.tensor([0.3, -0.5, 0.1]))
-        x, cell = _grid(8.0, 241)
-        mass = float(torch.exp(model.log_prob(x)).sum() * cell)
+        mass = _grid_mass(model)
     assert abs(mass - 1.0) < 0.01
 
 
@@ -130,8 +135,7 @@ def test_atlas_density_with_disjointish_charts_integrates_to_its_monte_carlo_mas
     model = VQFlow((2,), num_charts=3, m=1, epsilon=0.3, chart_layers=3, hidden_features=16).double()
     _perturb(model.flow, 0.05)
     with torch.no_grad():
-        x, cell = _grid(8.0, 241)
-        mass = float(torch.exp(model.log_prob(x)).sum() * cell)
+        mass = _grid_mass(model)
         mc = model.chart_mass(40000)
     assert 0.05 < mass < 0.999
     assert abs(mass - mc) < 0.015
@@ -178,8 +182,7 @@ def test_the_background_chart_keeps_a_mixture_normalised_and_its_samples_are_sta
                    background_weight=p0).double()
     _perturb(model.flow, 0.05)
     with torch.no_grad():
-        x, cell = _grid(8.0, 241)
-        mass = float(torch.exp(model.log_prob(x)).sum() * cell)
+        mass = _grid_mass(model)
         xs, k, z = model.sample_charts(20000)
     assert abs(mass - 1.0) < 0.01
     background = k == model.num_charts
@@ -194,8 +197,7 @@ def test_with_a_background_chart_the_atlas_mass_is_p0_plus_the_charts_mass_on_th
                    background_weight=p0).double()
     _perturb(model.flow, 0.05)
     with torch.no_grad():
-        x, cell = _grid(8.0, 241)
-        mass = float(torch.exp(model.log_prob(x)).sum() * cell)
+        mass = _grid_mass(model)
         mc = model.chart_mass(40000)
     assert p0 + 0.05 < mass < 0.999
     assert abs(mass - mc) < 0.015

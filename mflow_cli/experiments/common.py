@@ -1,0 +1,35 @@
+"""What the experiment scripts share: running ``mflow`` commands in their own processes, one thread each."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def run_mflow(*args: str) -> None:
+    """``mflow ARGS`` in a fresh process on one thread; a failure raises with the command's last error line."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "mflow_cli", *args], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"mflow {' '.join(args)} failed: {done.stderr.strip().splitlines()[-1:]}")
+
+
+def train_and_evaluate(recipe: str, out: Path, overrides: Sequence[str] = (), reuse: bool = False) -> dict:
+    """``mflow train RECIPE --set threads=1 --set ... --out OUT --force``, then ``mflow evaluate OUT``: the
+    evaluation's metrics with ``train_minutes`` (wall clock, kept in ``OUT/train_minutes.json``). With ``reuse``,
+    a run folder that already holds an ``evaluation.json`` is read instead of run again."""
+    evaluation = out / "evaluation.json"
+    if not (reuse and evaluation.is_file()):
+        sets = [a for o in ("threads=1", *overrides) for a in ("--set", o)]
+        start = time.perf_counter()
+        run_mflow("train", recipe, *sets, "--out", str(out), "--force")
+        (out / "train_minutes.json").write_text(json.dumps({"minutes": (time.perf_counter() - start) / 60}))
+        run_mflow("evaluate", str(out))
+    metrics = json.loads(evaluation.read_text())
+    metrics["train_minutes"] = json.loads((out / "train_minutes.json").read_text())["minutes"]
+    return metrics
