@@ -1,6 +1,7 @@
 // Python bindings of the fused ops (module mflow_cli._C); each op runs on the device of its inputs.
 // Inputs are expected contiguous, of one floating dtype, with int64 feature indices (the Python
 // side in mflow_cli/kernels/ guarantees this); checks here guard against misuse.
+#include <pybind11/stl.h>
 #include <torch/csrc/utils/pybind.h>
 
 #include "ops.h"
@@ -92,6 +93,29 @@ at::Tensor py_logdet_gram_backward(const at::Tensor& jac, const at::Tensor& chol
   return MFLOW_CALL(logdet_gram_backward, jac, jac, chol, g);
 }
 
+at::Tensor py_flow_tangents(const at::Tensor& state, int64_t rows, bool inverse, const std::vector<int64_t>& kinds,
+                            const std::vector<at::Tensor>& tensors, const std::vector<int64_t>& ints,
+                            const std::vector<double>& doubles) {
+  TORCH_CHECK(state.dim() == 2 && rows > 0 && state.size(0) % rows == 0, "state must be ((k + 1) * rows, D)");
+  TORCH_CHECK(!state.is_cuda() && (state.scalar_type() == at::kFloat || state.scalar_type() == at::kDouble),
+              "flow_tangents runs on float32/float64 CPU tensors");
+  size_t ti = 0, ii = 0, di = 0;
+  for (const int64_t kind : kinds) {  // the program's shape; each kernel checks its own operands
+    TORCH_CHECK(kind >= 0 && kind <= 2, "unknown step kind");
+    const size_t blocks = kind == 0 ? 0 : static_cast<size_t>(ints.at(ii));
+    ti += kind == 0 ? 2 : 6 + 4 * blocks;
+    ii += kind == 0 ? 0 : (kind == 1 ? 2 : 1);
+    di += kind == 1 ? 5 : 0;
+    if (kind == 1) spline_args(ints.at(ii - 1), 0, 0, 0, 0, 1);
+  }
+  TORCH_CHECK(ti == tensors.size() && ii == ints.size() && di == doubles.size(), "malformed program");
+  for (const at::Tensor& t : tensors) {
+    TORCH_CHECK(t.device() == state.device() && t.is_contiguous(), "program tensors must be contiguous, on the CPU");
+    TORCH_CHECK(t.scalar_type() == at::kLong || t.scalar_type() == state.scalar_type(), "program dtype mismatch");
+  }
+  return flow_tangents_cpu(state, rows, inverse, kinds, tensors, ints, doubles);
+}
+
 }  // namespace
 }  // namespace mflow
 
@@ -110,4 +134,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("affine_jvp", &mflow::py_affine_jvp);
   m.def("logdet_gram_forward", &mflow::py_logdet_gram_forward);
   m.def("logdet_gram_backward", &mflow::py_logdet_gram_backward);
+  m.def("flow_tangents", &mflow::py_flow_tangents);
 }

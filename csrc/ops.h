@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <tuple>
+#include <vector>
 
 #include "elementwise.h"
 
@@ -49,6 +50,11 @@ inline SplineConfig make_config(const SplineArgs& a) {
   at::Tensor logdet_gram_backward_##dev(const at::Tensor& jac, const at::Tensor& chol, const at::Tensor& g);
 
 MFLOW_DECLARE_OPS(cpu)
+
+// A whole pass of a coupling stack with tangents (flow_tangents.cpp; CPU only).
+at::Tensor flow_tangents_cpu(const at::Tensor& state, int64_t rows, bool inverse, const std::vector<int64_t>& kinds,
+                             const std::vector<at::Tensor>& tensors, const std::vector<int64_t>& ints,
+                             const std::vector<double>& doubles);
 #ifdef MFLOW_WITH_CUDA
 MFLOW_DECLARE_OPS(cuda)
 #endif

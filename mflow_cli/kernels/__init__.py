@@ -4,7 +4,9 @@
 - :func:`affine_coupling`: affine coupling with its log-det;
 - :func:`logdet_gram`: batched log det(JᵀJ) of thin Jacobians;
 - :func:`rq_coupling_tangents`, :func:`affine_coupling_tangents`: a coupling op's value and k tangents per
-  row in one call (no-grad evaluation of decoder Jacobians, :func:`mflow_cli.jacobian.decoder_jacobian`).
+  row in one call (no-grad evaluation of decoder Jacobians, :func:`mflow_cli.jacobian.decoder_jacobian`);
+- :func:`flow_tangents`: a whole pass of a coupling stack (its conditioners included) over values and
+  tangents in one native call (CPU).
 
 Each has backward and forward-mode (jvp) rules. Without the extension, or with ``MFLOW_NO_EXT=1``,
 or inside :func:`use_reference`, the same calls run the pure-PyTorch references (:mod:`.reference`).
@@ -18,8 +20,10 @@ from .ops import (
     affine_coupling_tangents,
     can_fuse,
     extension_loaded,
+    flow_tangents,
     fused_enabled,
     logdet_gram,
+    native_flow_available,
     rq_coupling,
     rq_coupling_tangents,
     tangents_fusable,
@@ -27,8 +31,9 @@ from .ops import (
 )
 
 __all__ = [
-    "affine_coupling", "affine_coupling_tangents", "backend_info", "can_fuse", "extension_loaded", "fused_enabled",
-    "logdet_gram", "rq_coupling", "rq_coupling_tangents", "tangents_fusable", "use_reference",
+    "affine_coupling", "affine_coupling_tangents", "backend_info", "can_fuse", "extension_loaded", "flow_tangents",
+    "fused_enabled", "logdet_gram", "native_flow_available", "rq_coupling", "rq_coupling_tangents",
+    "tangents_fusable", "use_reference",
 ]
 
 

@@ -225,3 +225,21 @@ def affine_coupling_tangents(
         return out, tout.view(tx.shape)
     return _reference_tangents(lambda a, b: reference.affine_coupling(a, b, tidx, inverse)[0], x, params, tx,
                                tparams)
+
+
+def native_flow_available(x: torch.Tensor) -> bool:
+    """Whether :func:`flow_tangents` can run a whole coupling-stack pass for ``x`` now (CPU, no grad)."""
+    return x.device.type == "cpu" and tangents_fusable(x) and hasattr(ext, "flow_tangents")
+
+
+def flow_tangents(
+    state: torch.Tensor, rows: int, inverse: bool, program: tuple[list[int], list[torch.Tensor], list[int], list[float]]
+) -> torch.Tensor:
+    """One pass of a coupling stack over values and tangents in one native call (``csrc/flow_tangents.cpp``).
+
+    ``state`` is ((k + 1)·rows, D): the values, then k blocks of tangents. ``program`` is what
+    :class:`mflow_cli.jacobian._Plan` compiles from the flow: step kinds (0 affine map, 1 RQ-spline coupling,
+    2 affine coupling), their tensors, integers and floats, in the order ``flow_tangents.cpp`` documents.
+    Call only where :func:`native_flow_available` says so; no autograd.
+    """
+    return ext.flow_tangents(state, rows, inverse, *program)

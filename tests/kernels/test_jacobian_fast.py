@@ -166,3 +166,38 @@ def test_active_dropout_takes_the_flows_own_path():
     with torch.no_grad():
         _, jac = decoder_jacobian(flow, u, 3)
     assert torch.allclose(jac, brute_force_jacobian(_decode(flow, 1, 3), u), atol=1e-10, rtol=0)
+
+
+@pytest.mark.skipif(not kernels.extension_loaded(), reason="mflow_cli._C not built")
+@pytest.mark.parametrize("kind", ["rq_coupling", "affine_coupling"])
+@pytest.mark.parametrize("inverse", [False, True])
+@pytest.mark.parametrize(("k", "blocks", "bins"), [(0, 2, 5), (1, 1, 5), (3, 3, 24)])
+def test_a_whole_pass_in_one_native_call_matches_the_rules_step_by_step(kind, inverse, k, blocks, bins, monkeypatch):
+    """The CPU fast path (``kernels.flow_tangents``: conditioners, splines and folded linear maps in one call)
+    against the same plan run step by step in Python, values and tangents, float64; and it is one call."""
+    torch.manual_seed(10)
+    flow = _shake(coupling_flow(5, 4, kind=kind, spline_bins=bins, hidden_features=12, num_blocks=blocks).double())
+    x = 1.5 * torch.randn(9, 5, dtype=torch.float64)
+    tangents = torch.randn(k, 9, 5, dtype=torch.float64)
+    calls = []
+    native = kernels.flow_tangents
+    monkeypatch.setattr(kernels, "flow_tangents", lambda *a: calls.append(1) or native(*a))
+    with torch.no_grad():
+        y, ty = flow_with_tangents(flow, x, tangents, inverse)
+        assert len(calls) == 1
+        monkeypatch.setattr(kernels, "native_flow_available", lambda _: False)
+        y_ref, ty_ref = flow_with_tangents(flow, x, tangents, inverse)
+        direct = (flow.inverse(x) if inverse else flow(x))[0]
+    assert len(calls) == 1 and ty.shape == (k, 9, 5)
+    assert torch.allclose(y, y_ref, atol=1e-12, rtol=0) and torch.allclose(y, direct, atol=1e-12, rtol=0)
+    assert torch.allclose(ty, ty_ref, atol=1e-11, rtol=0)
+    assert k == 0 or float(ty_ref.abs().max()) > 0.1
+
+
+@pytest.mark.skipif(not kernels.extension_loaded(), reason="mflow_cli._C not built")
+def test_the_native_pass_refuses_a_malformed_program():
+    x = torch.randn(4, 2)
+    with pytest.raises(RuntimeError, match="malformed program"):
+        kernels.flow_tangents(x, 4, False, ([0], [torch.eye(2)], [], []))
+    with pytest.raises(RuntimeError, match="state must be"):
+        kernels.flow_tangents(x, 3, False, ([0], [torch.eye(2), torch.zeros(2)], [], []))
