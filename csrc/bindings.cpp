@@ -116,6 +116,26 @@ at::Tensor py_flow_tangents(const at::Tensor& state, int64_t rows, bool inverse,
   return flow_tangents_cpu(state, rows, inverse, kinds, tensors, ints, doubles);
 }
 
+void check_residual_net(const at::Tensor& x, const std::vector<at::Tensor>& p) {
+  TORCH_CHECK(x.dim() == 2 && p.size() >= 4 && p.size() % 4 == 0, "residual_net: x (N, in) and 4 + 4 * blocks tensors");
+  for (const at::Tensor& t : p) {
+    TORCH_CHECK(t.device() == x.device() && t.scalar_type() == x.scalar_type(), "residual_net: one device and dtype");
+  }
+}
+
+std::vector<at::Tensor> py_residual_net_forward(const at::Tensor& x, const std::vector<at::Tensor>& p) {
+  check_residual_net(x, p);
+  return residual_net_forward(x, p);
+}
+
+std::vector<at::Tensor> py_residual_net_backward(const at::Tensor& g_out, const at::Tensor& x,
+                                                 const std::vector<at::Tensor>& p,
+                                                 const std::vector<at::Tensor>& saved, bool need_x) {
+  check_residual_net(x, p);
+  TORCH_CHECK(saved.size() == (p.size() - 4) / 2 + 1, "residual_net: the tensors its forward saved");
+  return residual_net_backward(g_out, x, p, saved, need_x);
+}
+
 }  // namespace
 }  // namespace mflow
 
@@ -135,4 +155,6 @@ PYBIND11_MODULE(_C, m) {
   m.def("logdet_gram_forward", &mflow::py_logdet_gram_forward);
   m.def("logdet_gram_backward", &mflow::py_logdet_gram_backward);
   m.def("flow_tangents", &mflow::py_flow_tangents);
+  m.def("residual_net_forward", &mflow::py_residual_net_forward);
+  m.def("residual_net_backward", &mflow::py_residual_net_backward);
 }

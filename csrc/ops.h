@@ -51,6 +51,12 @@ inline SplineConfig make_config(const SplineArgs& a) {
 
 MFLOW_DECLARE_OPS(cpu)
 
+// nflows' ResidualNet with its backward (residual_net.cpp; ATen ops, any device).
+std::vector<at::Tensor> residual_net_forward(const at::Tensor& x, const std::vector<at::Tensor>& p);
+std::vector<at::Tensor> residual_net_backward(const at::Tensor& g_out, const at::Tensor& x,
+                                              const std::vector<at::Tensor>& p, const std::vector<at::Tensor>& saved,
+                                              bool need_x);
+
 // A whole pass of a coupling stack with tangents (flow_tangents.cpp; CPU only).
 at::Tensor flow_tangents_cpu(const at::Tensor& state, int64_t rows, bool inverse, const std::vector<int64_t>& kinds,
                              const std::vector<at::Tensor>& tensors, const std::vector<int64_t>& ints,

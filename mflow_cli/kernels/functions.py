@@ -136,3 +136,26 @@ class LogdetGramFn(_Function):
         # J G⁻¹ = (G⁻¹ Jᵀ)ᵀ with G = L Lᵀ
         jg = torch.cholesky_solve(jac.transpose(1, 2), chol).transpose(1, 2)
         return 2.0 * (jg * tjac).sum((1, 2)), None, None
+
+
+class ResidualNetFn(_Function):
+    """(x, W0, b0, W1, b1, W2, b2, ..., Wf, bf) -> nflows' ResidualNet(x) (ReLU, no batch norm), one autograd
+    node with a compiled backward. No forward-mode rule: the dispatch keeps functorch transforms away."""
+
+    @staticmethod
+    def forward(x, *params):
+        return tuple(ext.residual_net_forward(x, list(params)))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.num_params = len(inputs) - 1
+        ctx.save_for_backward(*inputs, *output[1:])
+        ctx.mark_non_differentiable(*output[1:])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_out, *_):
+        x, *rest = ctx.saved_tensors
+        params, saved = rest[: ctx.num_params], rest[ctx.num_params :]
+        grads = ext.residual_net_backward(g_out.contiguous(), x, params, saved, ctx.needs_input_grad[0])
+        return tuple(grads)

@@ -227,6 +227,20 @@ def affine_coupling_tangents(
                                tparams)
 
 
+def residual_net(x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor | None:
+    """nflows' ResidualNet (ReLU, no batch norm, no context) at ``x`` as one autograd node with a compiled
+    backward (``csrc/residual_net.cpp``), for training steps; ``params`` are W0, b0, (W1, b1, W2, b2) per block,
+    Wf, bf in nflows' layout. None where that path does not apply (no extension, nothing records a gradient,
+    a functorch transform or forward-mode AD active): the caller runs the layers itself."""
+    if not (_records_grad(x, *params) and can_fuse(x, *params)) or torch._C._are_functorch_transforms_active():
+        return None
+    if forward_ad._current_level >= 0:
+        return None
+    from .functions import ResidualNetFn
+
+    return ResidualNetFn.apply(x, *params)[0]
+
+
 def native_flow_available(x: torch.Tensor) -> bool:
     """Whether :func:`flow_tangents` can run a whole coupling-stack pass for ``x`` now (CPU, no grad)."""
     return x.device.type == "cpu" and tangents_fusable(x) and hasattr(ext, "flow_tangents")
