@@ -4,8 +4,9 @@ for its LU-linear layer with a leaner forward pass.
 Same constructor arguments, same submodules and buffers (so the same ``state_dict`` keys: checkpoints
 load into either class), same numerics. The conditioner network stays a torch module; the fused
 part is the element-wise transform with its log-det, plus the split/merge of the features, done in
-one kernel call (:mod:`mflow_cli.kernels`). Whatever the kernels cannot serve (no extension, 4-D
-inputs, non-linear tails, an unconditional transform, vmap/grad transforms) runs nflows' own code.
+one kernel call (:mod:`mflow_cli.kernels`); image inputs (B, C, H, W) go to it as one row per pixel (the
+RQ coupling). Whatever the kernels cannot serve (no extension, 4-D inputs to the affine coupling,
+non-linear tails, an unconditional transform, vmap/grad transforms) runs nflows' own code.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class FusedRQCouplingTransform(T.PiecewiseRationalQuadraticCouplingTransform):
 
     def _fusable(self, inputs: torch.Tensor) -> bool:
         return (
-            inputs.dim() == 2
+            inputs.dim() in (2, 4)
             and self.tails == "linear"
             and self.unconditional_transform is None
             and self.num_bins <= 64
@@ -89,11 +90,19 @@ class FusedRQCouplingTransform(T.PiecewiseRationalQuadraticCouplingTransform):
     def _run(self, inputs: torch.Tensor, context, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
         _check_features(inputs, self.features)
         params = conditioner(self.transform_net, _identity_part(self, inputs), context)
-        params = params.reshape(inputs.shape[0], self.num_transform_features, -1)
-        return kernels.rq_coupling(
-            inputs, params, self.transform_features, inverse, self.num_bins, self.tail_bound,
-            self.min_bin_width, self.min_bin_height, self.min_derivative, self._divisor(),
-        )
+        spline = (self.num_bins, self.tail_bound, self.min_bin_width, self.min_bin_height, self.min_derivative,
+                  self._divisor())
+        if inputs.dim() == 2:
+            params = params.reshape(inputs.shape[0], self.num_transform_features, -1)
+            return kernels.rq_coupling(inputs, params, self.transform_features, inverse, *spline)
+        # images (B, C, H, W): every pixel a row of C channels, its spline parameters (C_t, 3K-1) as nflows lays
+        # them out (channel c's parameters in conditioner channels c·(3K-1) ... (c+1)·(3K-1) - 1)
+        b, c, h, w = inputs.shape
+        rows = inputs.permute(0, 2, 3, 1).reshape(b * h * w, c)
+        params = params.reshape(b, self.num_transform_features, -1, h, w).permute(0, 3, 4, 1, 2)
+        out, logdet = kernels.rq_coupling(rows, params.reshape(b * h * w, self.num_transform_features, -1),
+                                          self.transform_features, inverse, *spline)
+        return out.reshape(b, h, w, c).permute(0, 3, 1, 2), logdet.reshape(b, h * w).sum(1)
 
     def forward(self, inputs, context=None):
         if self._fusable(inputs):

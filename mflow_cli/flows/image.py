@@ -21,7 +21,9 @@ from nflows import transforms as T
 from nflows.nn.nets import ConvResidualNet
 from nflows.utils import create_mid_split_binary_mask
 
+from .. import kernels
 from ..errors import ConfigError
+from .fused import FusedRQCouplingTransform
 
 
 class HeadTransform(T.Transform):
@@ -73,15 +75,30 @@ class Unflatten(T.Transform):
         return inputs.reshape(inputs.shape[0], -1), inputs.new_zeros(inputs.shape[0])
 
 
+class ChannelsLastConvResidualNet(ConvResidualNet):
+    """nflows' :class:`ConvResidualNet` run on channels-last (NHWC) activations on the CPU, the layout oneDNN's
+    convolutions are fastest in: 1.3-1.4× on a 100-channel 3×3 convolution's forward and backward at 8×8 to
+    32×32, one thread. Same submodules and ``state_dict``; takes and returns contiguous NCHW tensors. Inside
+    :func:`mflow_cli.kernels.use_reference` it runs nflows' own layout."""
+
+    def forward(self, inputs: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        if inputs.device.type != "cpu" or not kernels.fused_enabled():
+            return super().forward(inputs, context)
+        if context is not None:
+            context = context.contiguous(memory_format=torch.channels_last)
+        outputs = super().forward(inputs.contiguous(memory_format=torch.channels_last), context)
+        return outputs.contiguous()
+
+
 def _step(channels: int, hidden_channels: int, num_blocks: int, spline_bins: int, spline_range: float,
           dropout: float, actnorm: bool) -> T.Transform:
     def conditioner(in_channels: int, out_channels: int) -> ConvResidualNet:
-        return ConvResidualNet(
+        return ChannelsLastConvResidualNet(
             in_channels, out_channels, hidden_channels=hidden_channels, num_blocks=num_blocks,
             dropout_probability=dropout, use_batch_norm=False,
         )
 
-    coupling = T.PiecewiseRationalQuadraticCouplingTransform(
+    coupling = FusedRQCouplingTransform(
         mask=create_mid_split_binary_mask(channels), transform_net_create_fn=conditioner, num_bins=spline_bins,
         tails="linear", tail_bound=spline_range, min_bin_width=1e-3, min_bin_height=1e-3, min_derivative=1e-3,
     )
