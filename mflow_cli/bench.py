@@ -305,14 +305,16 @@ def model_rows(
       (:func:`mflow_cli.jacobian.reverse_mode_jacobian`: one reverse-mode pass per output dimension, batched
       over the points, nflows' layers) vs mflow's ``log_prob_manifold`` (forward-mode rules, fused kernels);
     - the same density on a 10,000-point grid (100 × 100 over [-3, 3]², as ``mflow evaluate``'s
-      ``ambient_grid_seconds``) in batches of ``batch``; the research method is timed on 1,000 of the points.
+      ``ambient_grid_seconds``) in batches of ``batch``; the research method is timed on 1,000 of the points;
+    - the decoder's value and tangent (the inverse pass behind J_g): one native call for the whole pass against
+      the same plan run step by step in Python (what CUDA tensors and flows without a compiled program get).
     """
     with _threads(threads):
         return _model_rows(repeats, quick, batch)
 
 
 def _model_rows(repeats: int, quick: bool, batch: int) -> list[ThroughputRow]:
-    from .jacobian import logdet_gram, reverse_mode_jacobian
+    from .jacobian import flow_with_tangents, logdet_gram, reverse_mode_jacobian
     from .metrics.manifold import ambient_grid
     from .models.manifold_flow import ManifoldFlow
 
@@ -362,6 +364,22 @@ def _model_rows(repeats: int, quick: bool, batch: int) -> list[ThroughputRow]:
         1e3 * len(sample) / research_grid_ms, 1e3 * len(grid) / ours_grid_ms, grid_diff,
     )
 
+    y = torch.cat([model.project(x)[0].detach(), x.new_zeros(batch, 1)], 1)  # the decoder's inputs [u, 0]
+    tangent = torch.eye(1, 2).expand(1, batch, 2)
+
+    def decoder_pass(whole_pass: bool) -> Callable[[], torch.Tensor]:
+        def run() -> torch.Tensor:
+            with torch.no_grad():
+                return flow_with_tangents(model.outer, y, tangent, inverse=True, whole_pass=whole_pass)[1]
+
+        return run
+
+    steps_ms, whole_ms = paired_times_ms([decoder_pass(False), decoder_pass(True)], repeats, cpu)
+    whole_pass = ThroughputRow(f"decoder value and tangent, batch {batch} (points/s)",
+                               "the same plan step by step in Python (the CUDA path)", 1e3 * batch / steps_ms,
+                               1e3 * batch / whole_ms,
+                               float((decoder_pass(False)() - decoder_pass(True)()).abs().max()))
+
     twin = copy.deepcopy(model)  # the baseline's own copy: the two optimisers differ
 
     def stepper(net: torch.nn.Module, reference: bool, **adamw) -> Callable[[], None]:
@@ -382,7 +400,7 @@ def _model_rows(repeats: int, quick: bool, batch: int) -> list[ThroughputRow]:
     training = ThroughputRow(f"DNF training step, batch {batch} (samples/s)",
                              "same step on nflows' layers, default AdamW", 1e3 * batch / ref_ms, 1e3 * batch / fused_ms,
                              loss_diff)
-    return [training, density, grid_row]  # the densities were timed first, on the untrained weights
+    return [training, density, grid_row, whole_pass]  # the densities were timed first, on the untrained weights
 
 
 def run_bench(

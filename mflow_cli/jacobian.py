@@ -287,14 +287,15 @@ def _plan(flow: T.Transform, features: int, like: torch.Tensor, inverse: bool) -
 
 
 def flow_with_tangents(
-    flow: T.Transform, x: torch.Tensor, tangents: torch.Tensor, inverse: bool = False
+    flow: T.Transform, x: torch.Tensor, tangents: torch.Tensor, inverse: bool = False, whole_pass: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``flow(x)`` (or ``flow.inverse(x)``) (B, D) and its directional derivatives (k, B, D) along
     ``tangents`` (k, B, D), by the forward-mode rule of each layer. No-grad evaluation only (the fused
-    tangent kernels are not differentiable)."""
+    tangent kernels are not differentiable). ``whole_pass=False`` runs the plan step by step in Python even
+    where one native call could run it (the path CUDA tensors take; ``mflow bench`` compares the two)."""
     plan = _plan(flow, x.shape[1], x, inverse)
     slots, rows = tangents.shape[0] + 1, x.shape[0]
-    if plan.native is not None and rows > 0 and kernels.native_flow_available(x) and not any(
+    if whole_pass and plan.native is not None and rows > 0 and kernels.native_flow_available(x) and not any(
             d.training for d in plan.dropouts):  # the whole pass in one native call
         state = torch.cat([x[None], tangents.to(x.dtype)]).view(slots * rows, -1)
         out = kernels.flow_tangents(state, rows, inverse, plan.native).view(slots, rows, -1)
