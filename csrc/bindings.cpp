@@ -136,6 +136,32 @@ std::vector<at::Tensor> py_residual_net_backward(const at::Tensor& g_out, const 
   return residual_net_backward(g_out, x, p, saved, need_x);
 }
 
+std::vector<at::Tensor> py_lu_linear_forward(const at::Tensor& x, const at::Tensor& lower_entries,
+                                             const at::Tensor& upper_entries, const at::Tensor& unconstrained_diag,
+                                             const at::Tensor& bias, const at::Tensor& lower_flat,
+                                             const at::Tensor& upper_flat, double eps, bool inverse) {
+  const int64_t d = bias.dim() == 1 ? bias.size(0) : -1;
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == d, "lu_linear: x must be (N, D) with D the layer's features");
+  TORCH_CHECK(lower_entries.numel() == d * (d - 1) / 2 && upper_entries.numel() == d * (d - 1) / 2 &&
+                  unconstrained_diag.numel() == d,
+              "lu_linear: D(D-1)/2 lower and upper entries and D diagonal ones");
+  TORCH_CHECK(lower_flat.numel() == d * (d - 1) / 2 && upper_flat.numel() == d * (d + 1) / 2 &&
+                  lower_flat.scalar_type() == at::kLong && upper_flat.scalar_type() == at::kLong,
+              "lu_linear: int64 flat positions of the lower entries and of the upper entries then the diagonal");
+  return lu_linear_forward(x, lower_entries, upper_entries, unconstrained_diag, bias, lower_flat, upper_flat, eps,
+                           inverse);
+}
+
+std::vector<at::Tensor> py_lu_linear_backward(const at::Tensor& g_out, const at::Tensor& g_log_det,
+                                              const at::Tensor& x, const at::Tensor& bias,
+                                              const std::vector<at::Tensor>& saved,
+                                              const at::Tensor& unconstrained_diag, const at::Tensor& lower_flat,
+                                              const at::Tensor& upper_flat, bool inverse) {
+  TORCH_CHECK(saved.size() == 4, "lu_linear: the four tensors its forward saved");
+  TORCH_CHECK(g_out.sizes() == x.sizes(), "lu_linear: the gradient must match x");
+  return lu_linear_backward(g_out, g_log_det, x, bias, saved, unconstrained_diag, lower_flat, upper_flat, inverse);
+}
+
 }  // namespace
 }  // namespace mflow
 
@@ -157,4 +183,6 @@ PYBIND11_MODULE(_C, m) {
   m.def("flow_tangents", &mflow::py_flow_tangents);
   m.def("residual_net_forward", &mflow::py_residual_net_forward);
   m.def("residual_net_backward", &mflow::py_residual_net_backward);
+  m.def("lu_linear_forward", &mflow::py_lu_linear_forward);
+  m.def("lu_linear_backward", &mflow::py_lu_linear_backward);
 }

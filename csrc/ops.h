@@ -57,6 +57,16 @@ std::vector<at::Tensor> residual_net_backward(const at::Tensor& g_out, const at:
                                               const std::vector<at::Tensor>& p, const std::vector<at::Tensor>& saved,
                                               bool need_x);
 
+// nflows' LU-linear layer with its backward (lu_linear.cpp; ATen ops, any device).
+std::vector<at::Tensor> lu_linear_forward(const at::Tensor& x, const at::Tensor& lower_entries,
+                                          const at::Tensor& upper_entries, const at::Tensor& unconstrained_diag,
+                                          const at::Tensor& bias, const at::Tensor& lower_flat,
+                                          const at::Tensor& upper_flat, double eps, bool inverse);
+std::vector<at::Tensor> lu_linear_backward(const at::Tensor& g_out, const at::Tensor& g_log_det, const at::Tensor& x,
+                                           const at::Tensor& bias, const std::vector<at::Tensor>& saved,
+                                           const at::Tensor& unconstrained_diag, const at::Tensor& lower_flat,
+                                           const at::Tensor& upper_flat, bool inverse);
+
 // A whole pass of a coupling stack with tangents (flow_tangents.cpp; CPU only).
 at::Tensor flow_tangents_cpu(const at::Tensor& state, int64_t rows, bool inverse, const std::vector<int64_t>& kinds,
                              const std::vector<at::Tensor>& tensors, const std::vector<int64_t>& ints,

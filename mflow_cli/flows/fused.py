@@ -141,7 +141,8 @@ class FusedLULinear(T.LULinear):
     """:class:`nflows.transforms.LULinear` whose forward pass builds W = LU with one scatter per triangle and
     applies it in one ``F.linear`` (nflows: four ``index_put`` and two products per call, which dominate
     small 2-D flows), and whose inverse solves with the same triangles (nflows' two triangular solves, without its
-    index_put construction). Same parameters, same ``state_dict``."""
+    index_put construction). When a gradient is recorded, either pass is one autograd node with a compiled
+    backward (:func:`mflow_cli.kernels.lu_linear`). Same parameters, same ``state_dict``."""
 
     def __init__(self, features: int, using_cache: bool = False, identity_init: bool = True, eps: float = 1e-3):
         super().__init__(features, using_cache, identity_init, eps)
@@ -162,9 +163,16 @@ class FusedLULinear(T.LULinear):
         upper = zeros.scatter(0, self._upper_flat, torch.cat([self.upper_entries, upper_diag])).view(d, d)
         return lower, upper, upper_diag
 
+    def _one_node(self, inputs: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The pass as one autograd node with a compiled backward (training), or None where that does not apply."""
+        return kernels.lu_linear(inputs, self.lower_entries, self.upper_entries, self.unconstrained_upper_diag,
+                                 self.bias, self._lower_flat, self._upper_flat, self.eps, inverse)
+
     def forward_no_cache(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if not kernels.fused_enabled():
             return super().forward_no_cache(inputs)
+        if (result := self._one_node(inputs, inverse=False)) is not None:
+            return result
         lower, upper, upper_diag = self._triangles()
         outputs = F.linear(inputs, lower @ upper, self.bias)
         return outputs, torch.log(upper_diag).sum().expand(inputs.shape[0]).contiguous()
@@ -172,6 +180,8 @@ class FusedLULinear(T.LULinear):
     def inverse_no_cache(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if not kernels.fused_enabled():
             return super().inverse_no_cache(inputs)
+        if (result := self._one_node(inputs, inverse=True)) is not None:
+            return result
         lower, upper, upper_diag = self._triangles()  # x = U⁻¹ L⁻¹ (y − b)
         cols = torch.linalg.solve_triangular(lower, (inputs - self.bias).T, upper=False, unitriangular=True)
         outputs = torch.linalg.solve_triangular(upper, cols, upper=True).T

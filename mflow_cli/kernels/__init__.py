@@ -7,8 +7,8 @@
   row in one call (no-grad evaluation of decoder Jacobians, :func:`mflow_cli.jacobian.decoder_jacobian`);
 - :func:`flow_tangents`: a whole pass of a coupling stack (its conditioners included) over values and
   tangents in one native call (CPU);
-- :func:`residual_net`: nflows' ResidualNet conditioner as one autograd node with a compiled backward
-  (training steps).
+- :func:`residual_net`, :func:`lu_linear`: nflows' ResidualNet conditioner and LU-linear layer as one autograd
+  node each with a compiled backward (training steps).
 
 Each has backward and forward-mode (jvp) rules. Without the extension, or with ``MFLOW_NO_EXT=1``,
 or inside :func:`use_reference`, the same calls run the pure-PyTorch references (:mod:`.reference`).
@@ -25,6 +25,7 @@ from .ops import (
     flow_tangents,
     fused_enabled,
     logdet_gram,
+    lu_linear,
     native_flow_available,
     residual_net,
     rq_coupling,
@@ -35,8 +36,8 @@ from .ops import (
 
 __all__ = [
     "affine_coupling", "affine_coupling_tangents", "backend_info", "can_fuse", "extension_loaded", "flow_tangents",
-    "fused_enabled", "logdet_gram", "native_flow_available", "residual_net", "rq_coupling", "rq_coupling_tangents",
-    "tangents_fusable", "use_reference",
+    "fused_enabled", "logdet_gram", "lu_linear", "native_flow_available", "residual_net", "rq_coupling",
+    "rq_coupling_tangents", "tangents_fusable", "use_reference",
 ]
 
 

@@ -159,3 +159,28 @@ class ResidualNetFn(_Function):
         params, saved = rest[: ctx.num_params], rest[ctx.num_params :]
         grads = ext.residual_net_backward(g_out.contiguous(), x, params, saved, ctx.needs_input_grad[0])
         return tuple(grads)
+
+
+class LULinearFn(_Function):
+    """(x, lower, upper, unconstrained diagonal, bias, lower positions, upper positions, eps, inverse) ->
+    (out, log|det|) of nflows' LU-linear layer, one autograd node with a compiled backward (``csrc/lu_linear.cpp``)."""
+
+    @staticmethod
+    def forward(x, lower, upper, diag, bias, lower_flat, upper_flat, eps, inverse):
+        return tuple(ext.lu_linear_forward(x, lower, upper, diag, bias, lower_flat, upper_flat, eps, inverse))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, _, _, diag, bias, lower_flat, upper_flat, _, inverse = inputs
+        ctx.save_for_backward(x, bias, diag, lower_flat, upper_flat, *output[2:])
+        ctx.inverse = inverse
+        ctx.mark_non_differentiable(*output[2:])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_out, g_log_det, *_):
+        x, bias, diag, lower_flat, upper_flat, *saved = ctx.saved_tensors
+        g_out = _zeros_if_none(g_out, x)
+        g_log_det = _zeros_if_none(g_log_det, x[:, 0])
+        grads = ext.lu_linear_backward(g_out, g_log_det, x, bias, saved, diag, lower_flat, upper_flat, ctx.inverse)
+        return (*grads, None, None, None, None)

@@ -241,6 +241,26 @@ def residual_net(x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor | 
     return ResidualNetFn.apply(x, *params)[0]
 
 
+def lu_linear(
+    x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, unconstrained_diag: torch.Tensor, bias: torch.Tensor,
+    lower_flat: torch.Tensor, upper_flat: torch.Tensor, eps: float, inverse: bool,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """nflows' LU-linear layer (W = L U, diagonal softplus(d) + eps) on rows ``x``: y = x Wᵀ + b, or the inverse,
+    and log|det|, as one autograd node with a compiled backward (``csrc/lu_linear.cpp``), for training steps.
+    ``lower_flat``/``upper_flat``: positions of the lower entries and of the upper entries then the diagonal in
+    the flattened D×D matrix. None where that path does not apply (as :func:`residual_net`)."""
+    tensors = (x, lower, upper, unconstrained_diag, bias)
+    if x.dim() != 2 or not _records_grad(*tensors) or not can_fuse(*tensors):
+        return None
+    if torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0:
+        return None
+    from .functions import LULinearFn
+
+    out, log_det, *_ = LULinearFn.apply(x, lower, upper, unconstrained_diag, bias, lower_flat, upper_flat, eps,
+                                        inverse)
+    return out, log_det
+
+
 def native_flow_available(x: torch.Tensor) -> bool:
     """Whether :func:`flow_tangents` can run a whole coupling-stack pass for ``x`` now (CPU, no grad)."""
     return x.device.type == "cpu" and tangents_fusable(x) and hasattr(ext, "flow_tangents")
