@@ -227,14 +227,20 @@ def affine_coupling_tangents(
                                tparams)
 
 
+def _one_node_ok(*tensors: torch.Tensor) -> bool:
+    """Whether a layer may run as one autograd node with a compiled backward: a gradient is being recorded, the
+    tensors can take the compiled path, and no functorch transform or forward-mode AD is active (these
+    Functions have no jvp rule)."""
+    return (_records_grad(*tensors) and can_fuse(*tensors) and not torch._C._are_functorch_transforms_active()
+            and forward_ad._current_level < 0)
+
+
 def residual_net(x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor | None:
     """nflows' ResidualNet (ReLU, no batch norm, no context) at ``x`` as one autograd node with a compiled
     backward (``csrc/residual_net.cpp``), for training steps; ``params`` are W0, b0, (W1, b1, W2, b2) per block,
     Wf, bf in nflows' layout. None where that path does not apply (no extension, nothing records a gradient,
     a functorch transform or forward-mode AD active): the caller runs the layers itself."""
-    if not (_records_grad(x, *params) and can_fuse(x, *params)) or torch._C._are_functorch_transforms_active():
-        return None
-    if forward_ad._current_level >= 0:
+    if not _one_node_ok(x, *params):
         return None
     from .functions import ResidualNetFn
 
@@ -249,10 +255,7 @@ def lu_linear(
     and log|det|, as one autograd node with a compiled backward (``csrc/lu_linear.cpp``), for training steps.
     ``lower_flat``/``upper_flat``: positions of the lower entries and of the upper entries then the diagonal in
     the flattened D×D matrix. None where that path does not apply (as :func:`residual_net`)."""
-    tensors = (x, lower, upper, unconstrained_diag, bias)
-    if x.dim() != 2 or not _records_grad(*tensors) or not can_fuse(*tensors):
-        return None
-    if torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0:
+    if x.dim() != 2 or not _one_node_ok(x, lower, upper, unconstrained_diag, bias):
         return None
     from .functions import LULinearFn
 
@@ -263,7 +266,7 @@ def lu_linear(
 
 def native_flow_available(x: torch.Tensor) -> bool:
     """Whether :func:`flow_tangents` can run a whole coupling-stack pass for ``x`` now (CPU, no grad)."""
-    return x.device.type == "cpu" and tangents_fusable(x) and hasattr(ext, "flow_tangents")
+    return x.device.type == "cpu" and tangents_fusable(x)
 
 
 def flow_tangents(

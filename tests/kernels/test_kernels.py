@@ -392,3 +392,18 @@ def test_bench_info_names_the_active_path():
     res = CliRunner().invoke(app, ["bench", "--info"], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     assert kernels.backend_info() in res.output
+
+
+def test_an_extension_built_from_older_sources_is_not_used():
+    """The loader checks for every op the Python side calls; a stale build means the reference path, not an
+    AttributeError in the middle of a run."""
+    import types
+
+    from mflow_cli.kernels import _ext
+
+    stale = types.ModuleType("_C")
+    for op in _ext.OPS[:-2]:
+        setattr(stale, op, None)
+    assert _ext.missing_ops(stale) == list(_ext.OPS[-2:])
+    if kernels.extension_loaded():
+        assert _ext.missing_ops(_ext.ext) == []
