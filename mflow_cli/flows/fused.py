@@ -44,15 +44,21 @@ def _functional_ok(net: torch.nn.Module) -> bool:
     return type(net) is ResidualNet and all(b.activation is F.relu and not b.use_batch_norm for b in net.blocks)
 
 
+def _one_node_params(net: torch.nn.Module) -> list[torch.Tensor] | None:
+    """W0, b0, (W1, b1, W2, b2) per block, Wf, bf of a functional ResidualNet without active dropout, else None."""
+    if not _functional_ok(net) or any(b.dropout.p > 0 and b.dropout.training for b in net.blocks):
+        return None
+    return [net.initial_layer.weight, net.initial_layer.bias,
+            *(t for b in net.blocks for lin in b.linear_layers for t in (lin.weight, lin.bias)),
+            net.final_layer.weight, net.final_layer.bias]
+
+
 def conditioner(net: torch.nn.Module, inputs: torch.Tensor, context=None) -> torch.Tensor:
     """``net(inputs, context)``; for nflows' ResidualNet (ReLU, no batch norm) the same ops without the eleven
     module calls per evaluation (initial/final layers, blocks, their linear and dropout layers)."""
     if context is not None or not _functional_ok(net):
         return net(inputs, context)
-    if all(b.dropout.p == 0 or not b.dropout.training for b in net.blocks):
-        params = [net.initial_layer.weight, net.initial_layer.bias,
-                  *(t for b in net.blocks for lin in b.linear_layers for t in (lin.weight, lin.bias)),
-                  net.final_layer.weight, net.final_layer.bias]
+    if (params := _one_node_params(net)) is not None:
         out = kernels.residual_net(inputs, params)  # training: one autograd node, compiled backward
         if out is not None:
             return out
@@ -89,9 +95,14 @@ class FusedRQCouplingTransform(T.PiecewiseRationalQuadraticCouplingTransform):
 
     def _run(self, inputs: torch.Tensor, context, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
         _check_features(inputs, self.features)
-        params = conditioner(self.transform_net, _identity_part(self, inputs), context)
         spline = (self.num_bins, self.tail_bound, self.min_bin_width, self.min_bin_height, self.min_derivative,
                   self._divisor())
+        if context is None and inputs.dim() == 2 and (net_params := _one_node_params(self.transform_net)):
+            step = kernels.rq_coupling_step(inputs, self.identity_features, self.transform_features, net_params,
+                                            inverse, *spline)  # training: the whole step as one autograd node
+            if step is not None:
+                return step
+        params = conditioner(self.transform_net, _identity_part(self, inputs), context)
         if inputs.dim() == 2:
             params = params.reshape(inputs.shape[0], self.num_transform_features, -1)
             return kernels.rq_coupling(inputs, params, self.transform_features, inverse, *spline)

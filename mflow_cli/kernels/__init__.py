@@ -29,6 +29,7 @@ from .ops import (
     native_flow_available,
     residual_net,
     rq_coupling,
+    rq_coupling_step,
     rq_coupling_tangents,
     tangents_fusable,
     use_reference,
@@ -37,7 +38,7 @@ from .ops import (
 __all__ = [
     "affine_coupling", "affine_coupling_tangents", "backend_info", "can_fuse", "extension_loaded", "flow_tangents",
     "fused_enabled", "logdet_gram", "lu_linear", "native_flow_available", "residual_net", "rq_coupling",
-    "rq_coupling_tangents", "tangents_fusable", "use_reference",
+    "rq_coupling_step", "rq_coupling_tangents", "tangents_fusable", "use_reference",
 ]
 
 

@@ -184,3 +184,34 @@ class LULinearFn(_Function):
         g_log_det = _zeros_if_none(g_log_det, x[:, 0])
         grads = ext.lu_linear_backward(g_out, g_log_det, x, bias, saved, diag, lower_flat, upper_flat, ctx.inverse)
         return (*grads, None, None, None, None)
+
+
+class RQCouplingStepFn(_Function):
+    """(x, identity idx, tidx, inverse, cfg, W0, b0, ..., Wf, bf) -> (out, logabsdet): a whole RQ coupling step,
+    its ResidualNet conditioner on x[:, identity] and the spline on x[:, tidx], as one autograd node (the compiled
+    conditioner and spline, forward and backward)."""
+
+    @staticmethod
+    def forward(x, identity, tidx, inverse, cfg, *params):
+        cond, *saved = ext.residual_net_forward(x.index_select(1, identity), list(params))
+        out, logdet = ext.rq_forward(x, cond.view(x.shape[0], tidx.shape[0], -1), tidx, inverse, *cfg)
+        return out, logdet, cond, *saved
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, identity, tidx, inverse, cfg, *params = inputs
+        ctx.save_for_backward(x, identity, tidx, *params, *output[2:])
+        ctx.num_params, ctx.inverse, ctx.cfg = len(params), inverse, cfg
+        ctx.mark_non_differentiable(*output[2:])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_out, g_ld, *_):
+        x, identity, tidx, *rest = ctx.saved_tensors
+        params, cond, saved = rest[: ctx.num_params], rest[ctx.num_params], rest[ctx.num_params + 1 :]
+        n, f = x.shape[0], tidx.shape[0]
+        g_x, g_cond = ext.rq_backward(x, cond.view(n, f, -1), tidx, _zeros_if_none(g_out, x),
+                                      _zeros_if_none(g_ld, x[:, 0]), ctx.inverse, *ctx.cfg)
+        grads = ext.residual_net_backward(g_cond.view(n, -1), x.index_select(1, identity), params, saved, True)
+        g_x.index_add_(1, identity, grads[0])
+        return (g_x, None, None, None, None, *grads[1:])

@@ -247,6 +247,24 @@ def residual_net(x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor | 
     return ResidualNetFn.apply(x, *params)[0]
 
 
+def rq_coupling_step(
+    x: torch.Tensor, identity: torch.Tensor, tidx: torch.Tensor, params: list[torch.Tensor], inverse: bool,
+    num_bins: int, tail_bound: float, min_bin_width: float, min_bin_height: float, min_derivative: float,
+    divisor: float,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A whole RQ coupling step on rows ``x`` (N, D): nflows' ResidualNet (``params`` as in :func:`residual_net`) on
+    the ``identity`` features, then the spline of :func:`rq_coupling` on ``tidx``, as one autograd node with
+    compiled forward and backward, for training steps. None where that path does not apply."""
+    if x.dim() != 2 or num_bins > 64 or not _one_node_ok(x, *params):
+        return None
+    from .functions import RQCouplingStepFn
+
+    cfg = (num_bins, float(tail_bound), float(min_bin_width), float(min_bin_height), float(min_derivative),
+           float(divisor))
+    out, logdet, *_ = RQCouplingStepFn.apply(x.contiguous(), identity, tidx, inverse, cfg, *params)
+    return out, logdet
+
+
 def lu_linear(
     x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, unconstrained_diag: torch.Tensor, bias: torch.Tensor,
     lower_flat: torch.Tensor, upper_flat: torch.Tensor, eps: float, inverse: bool,

@@ -100,6 +100,40 @@ def test_compiled_lu_layer_matches_nflows_and_passes_gradcheck(features, inverse
     assert torch.autograd.gradcheck(layer_fn, params)
 
 
+@pytest.mark.skipif(not kernels.extension_loaded(), reason="mflow_cli._C not built")
+@pytest.mark.parametrize("inverse", [False, True])
+def test_a_whole_rq_coupling_step_as_one_node_matches_nflows_and_passes_gradcheck(inverse):
+    """kernels.rq_coupling_step (conditioner and spline in one autograd node) against nflows' coupling layer,
+    float64: values, log-dets, gradients of input and weights; and gradcheck."""
+    from mflow_cli.flows.builders import coupling_flow
+    from mflow_cli.flows.fused import FusedRQCouplingTransform, _one_node_params
+
+    torch.manual_seed(9)
+    flow = coupling_flow(5, 1, hidden_features=6, num_blocks=2).double()
+    step = next(m for m in flow.modules() if isinstance(m, FusedRQCouplingTransform))
+    with torch.no_grad():
+        for p in step.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    x = (1.5 * torch.randn(7, 5, dtype=torch.float64)).requires_grad_()
+    out, logdet = step.inverse(x) if inverse else step(x)
+    assert "RQCouplingStepFn" in type(out.grad_fn).__name__
+    with kernels.use_reference():
+        ref, ref_logdet = step.inverse(x) if inverse else step(x)
+    assert torch.allclose(out, ref, atol=1e-12, rtol=0) and torch.allclose(logdet, ref_logdet, atol=1e-11, rtol=0)
+    params = [x, *step.parameters()]
+    for a, b in zip(_grads((out**2).sum() + logdet.sum(), params), _grads((ref**2).sum() + ref_logdet.sum(), params),
+                    strict=True):
+        assert torch.allclose(a, b, atol=1e-10, rtol=1e-10)
+    net_params = _one_node_params(step.transform_net)
+    spline = (step.num_bins, step.tail_bound, step.min_bin_width, step.min_bin_height, step.min_derivative,
+              step._divisor())
+
+    def step_fn(v, *p):
+        return kernels.rq_coupling_step(v, step.identity_features, step.transform_features, list(p), inverse, *spline)
+
+    assert torch.autograd.gradcheck(step_fn, (x, *net_params))
+
+
 def test_training_step_loss_and_gradients_match_the_reference_path():
     torch.manual_seed(3)
     model = ManifoldFlow((2,), outer_layers=3, hidden_features=16).double()
