@@ -55,7 +55,8 @@ def _one_node_params(net: torch.nn.Module) -> list[torch.Tensor] | None:
 
 def conditioner(net: torch.nn.Module, inputs: torch.Tensor, context=None) -> torch.Tensor:
     """``net(inputs, context)``; for nflows' ResidualNet (ReLU, no batch norm) the same ops without the eleven
-    module calls per evaluation (initial/final layers, blocks, their linear and dropout layers)."""
+    module calls per evaluation (initial/final layers, blocks, their linear and dropout layers), and when a
+    gradient is recorded one autograd node with a compiled backward (:func:`mflow_cli.kernels.residual_net`)."""
     if context is not None or not _functional_ok(net):
         return net(inputs, context)
     if (params := _one_node_params(net)) is not None:
@@ -73,7 +74,9 @@ def conditioner(net: torch.nn.Module, inputs: torch.Tensor, context=None) -> tor
 
 
 class FusedRQCouplingTransform(T.PiecewiseRationalQuadraticCouplingTransform):
-    """:class:`nflows.transforms.PiecewiseRationalQuadraticCouplingTransform` on the fused spline kernel."""
+    """:class:`nflows.transforms.PiecewiseRationalQuadraticCouplingTransform` on the fused spline kernel; image
+    inputs (B, C, H, W) as one kernel row per pixel; in training (2-D inputs, a ResidualNet conditioner) the whole
+    step as one autograd node (:func:`mflow_cli.kernels.rq_coupling_step`)."""
 
     def _divisor(self) -> float:
         net = self.transform_net
