@@ -293,6 +293,21 @@ def _median_s(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def training_step(net: torch.nn.Module, x: torch.Tensor, reference: bool, **adamw) -> Callable[[], None]:
+    """One joint-loss training step of ``net`` on ``x`` (loss, backward, AdamW with ``adamw``), on nflows' own
+    layers when ``reference`` (:func:`mflow_cli.kernels.use_reference`), else on mflow's fused paths."""
+    opt = torch.optim.AdamW(net.parameters(), **adamw)
+
+    def step() -> None:
+        with kernels.use_reference(reference):
+            loss, _ = net.loss(x, "joint")
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    return step
+
+
 def model_rows(
     repeats: int = 10, quick: bool = False, batch: int = 100, threads: int | None = None
 ) -> list[ThroughputRow]:
@@ -382,21 +397,11 @@ def _model_rows(repeats: int, quick: bool, batch: int) -> list[ThroughputRow]:
 
     twin = copy.deepcopy(model)  # the baseline's own copy: the two optimisers differ
 
-    def stepper(net: torch.nn.Module, reference: bool, **adamw) -> Callable[[], None]:
-        opt = torch.optim.AdamW(net.parameters(), lr=3e-4, weight_decay=1e-4, **adamw)
-
-        def step() -> None:
-            with kernels.use_reference(reference):
-                loss, _ = net.loss(x, "joint")
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-
-        return step
-
     # baseline: the research code's step (nflows' layers, torch's default per-parameter AdamW loop);
     # mflow: fused kernels and the AdamW of mflow_cli/training.py (foreach=True)
-    ref_ms, fused_ms = paired_times_ms([stepper(twin, True), stepper(model, False, **TRAINING_ADAMW)], repeats, cpu, 3)
+    adamw = dict(lr=3e-4, weight_decay=1e-4)
+    ref_ms, fused_ms = paired_times_ms([training_step(twin, x, True, **adamw),
+                                        training_step(model, x, False, **adamw, **TRAINING_ADAMW)], repeats, cpu, 3)
     training = ThroughputRow(f"DNF training step, batch {batch} (samples/s)",
                              "same step on nflows' layers, default AdamW", 1e3 * batch / ref_ms, 1e3 * batch / fused_ms,
                              loss_diff)

@@ -27,7 +27,7 @@ from .. import kernels
 from ..app.recipe import load_recipe
 from ..app.recipes import resolve_recipe
 from ..app.runs import build_model
-from ..bench import paired_times_ms
+from ..bench import paired_times_ms, training_step
 
 console = Console(highlight=False)
 
@@ -66,19 +66,8 @@ def profile_resolution(resolution: int, rounds: int = 3, overrides: list[str] | 
     batch = int(recipe.train["batch_size"])
     x = torch.rand(batch, 3, resolution, resolution, generator=torch.Generator().manual_seed(1)) - 0.5
 
-    def stepper(net: torch.nn.Module, reference: bool) -> Callable[[], None]:
-        opt = torch.optim.AdamW(net.parameters(), lr=3e-4, fused=True)
-
-        def step() -> None:
-            with kernels.use_reference(reference):
-                loss, _ = net.loss(x, "joint")
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-
-        return step
-
-    ours, theirs = stepper(model, False), stepper(twin, True)
+    ours = training_step(model, x, False, lr=3e-4, fused=True)
+    theirs = training_step(twin, x, True, lr=3e-4, fused=True)
     reference_ms, mflow_ms = paired_times_ms([theirs, ours], rounds, torch.device("cpu"), warmup=1)
     flat = x.reshape(batch, -1)
     with torch.no_grad():
@@ -124,7 +113,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     torch.set_num_threads(args.threads)
     console.print(f"{kernels.backend_info()}; {args.threads} thread(s)")
     rows = [profile_resolution(resolution, args.rounds, args.overrides) for resolution in args.resolutions]
-    print(markdown_table(rows))
+    console.print(markdown_table(rows), markup=False, soft_wrap=True)
     return rows
 
 
