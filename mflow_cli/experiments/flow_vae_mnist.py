@@ -3,6 +3,7 @@
     python -m mflow_cli.experiments.flow_vae_mnist                      # every recipes/flowvae_mnist40_*.yaml
     python -m mflow_cli.experiments.flow_vae_mnist recipes/flowvae_mnist40_none.yaml recipes/flowvae_mnist40_iaf.yaml \
         --set train.epochs=100 --set evaluate.max_examples=1000
+    python -m mflow_cli.experiments.flow_vae_mnist --cost                # what each row costs, before training it
 
 For each recipe it trains the model into ``--runs/<recipe name>`` with :func:`mflow_cli.app.runs.train_run` (a
 finished run with the same recipe is reused; an unfinished one, or one with a smaller epoch budget, is resumed),
@@ -12,6 +13,12 @@ k = 200 and 5,000 importance samples ± the standard error over test images, −
 the plain VAE, the epochs to the best validation ELBO (when the training records a ``val_loss``; else
 "fixed budget"), the training and evaluation minutes and the parameter count. Evaluations are cached in
 ``--out/evaluations`` and reused while the model file and the options are unchanged.
+
+``--cost`` trains and evaluates nothing: it times, for each recipe's untrained model on random binary images
+(no MNIST needed), one training step (loss, backward, the training loop's fused AdamW) at the recipe's batch size
+and the k = 200 importance-weighted bound on 100 images, and writes ``--out/cost.md``: milliseconds per step,
+seconds per epoch of the 50,000 training images, hours for the recipe's epochs, and seconds per 1,000 test
+images at k = 200 (k = 5,000 on all 10,000 costs 250 times that).
 """
 
 from __future__ import annotations
@@ -29,8 +36,9 @@ from rich.console import Console
 from rich.table import Table
 
 from mflow_cli import io
-from mflow_cli.app import runs
+from mflow_cli.app import catalog, runs
 from mflow_cli.app.recipe import Recipe, load_recipe
+from mflow_cli.bench import training_step
 from mflow_cli.errors import ConfigError
 
 console = Console()
@@ -40,6 +48,8 @@ RECIPE_ORDER = ["none", "planar10", "planar20", "planar40", "planar80", "radial"
 DEFAULT_RECIPES = [Path("recipes") / f"flowvae_mnist40_{name}.yaml" for name in RECIPE_ORDER]
 VALIDATION_KEY = "val_loss"  # the training loop's held-out loss (the validation split when there is one)
 """The per-epoch record key of the held-out loss (−ELBO on the validation split) that picks the best epoch."""
+TRAINING_IMAGES = 50_000
+"""MNIST's 60,000 training images less the recipes' 10,000 held out for validation (``data.n_validation``)."""
 REFERENCE_NATS = 89.9
 """The plain VAE's −log p(x) of Rezende & Mohamed (2015, Table 2), reproduced at 89.78 by the pythae benchmark."""
 
@@ -198,6 +208,67 @@ def run_experiment(paths: list[Path], overrides: list[str], runs_dir: Path, out:
     return rows
 
 
+@dataclass
+class Cost:
+    """What one recipe's row costs on this machine (untrained weights, random binary images)."""
+
+    recipe: str
+    parameters: int
+    step_ms: float
+    epoch_seconds: float
+    budget_hours: float
+    iw_seconds_per_1000: float
+
+
+def _best_seconds(fn, calls: int, rounds: int) -> float:
+    """The best of ``rounds`` mean times of ``calls`` calls of ``fn`` (after one warm-up call)."""
+    fn()
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.perf_counter() - start) / calls)
+    return best
+
+
+def cost_rows(paths: list[Path], overrides: list[str], steps: int = 10, rounds: int = 3) -> list[Cost]:
+    """Time each recipe's training step and its k = 200 bound, as :class:`Cost` rows (see the module doc)."""
+    rows = []
+    for path in paths:
+        recipe = load_recipe(path, overrides)
+        torch.manual_seed(recipe.seed)
+        model = runs.build_model(recipe, catalog.dataset_class(recipe.data["name"]).shape)
+        batch = int(recipe.train.get("batch_size", 100))
+        x = (torch.rand(batch, *model.data_shape) < 0.5).float()
+        step = training_step(model, x, reference=False, lr=1e-3, weight_decay=0.0, fused=True)
+        step_seconds = _best_seconds(step, steps, rounds)
+        images = x[:100] if batch >= 100 else (torch.rand(100, *model.data_shape) < 0.5).float()
+
+        def bound(images=images, model=model) -> None:
+            with torch.no_grad():
+                model.log_weights(images, 200)
+
+        iw_seconds = _best_seconds(bound, 1, rounds)
+        epoch_seconds = step_seconds * -(-TRAINING_IMAGES // batch)
+        rows.append(Cost(recipe.name, sum(p.numel() for p in model.parameters()), 1e3 * step_seconds,
+                         epoch_seconds, epoch_seconds * int(recipe.train.get("epochs", 1)) / 3600,
+                         10 * iw_seconds))
+        console.print(f"  {recipe.name}: {1e3 * step_seconds:.1f} ms per training step")
+    return rows
+
+
+def cost_markdown(rows: list[Cost], threads: int) -> str:
+    header = ["recipe", "parameters", "ms / training step", "s / epoch", "hours for its epochs",
+              "s / 1,000 test images at k = 200"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += [f"| `{r.recipe}` | {r.parameters / 1e6:.2f} M | {r.step_ms:.1f} | {r.epoch_seconds:.1f} | "
+              f"{r.budget_hours:.2f} | {r.iw_seconds_per_1000:.1f} |" for r in rows]
+    lines += ["", f"Untrained weights, random binary 28×28 images, {threads} thread(s); best of 3 rounds; an epoch is "
+              f"{TRAINING_IMAGES:,} images."]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("recipes", nargs="*", type=Path, help="recipes (default: every flowvae_mnist40_* recipe)")
@@ -207,6 +278,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/flow_vae_mnist"), help="where the table goes")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (the recipe's threads key)")
     parser.add_argument("--force", action="store_true", help="retrain runs that exist")
+    parser.add_argument("--cost", action="store_true",
+                        help="only time each recipe's training step and k = 200 bound (untrained; writes cost.md)")
     args = parser.parse_args(argv)
     paths = args.recipes or [p for p in DEFAULT_RECIPES if p.is_file()]
     if not paths:
@@ -214,6 +287,12 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     overrides = [f"threads={args.threads}", *args.overrides]
     try:
+        if args.cost:
+            markdown = cost_markdown(cost_rows(paths, overrides), args.threads)
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "cost.md").write_text(markdown)
+            console.print(markdown, markup=False, highlight=False)
+            return
         run_experiment(paths, overrides, args.runs, args.out, args.force)
     except ConfigError as err:
         console.print(f"[red]error:[/] {err}")

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 import yaml
 from helpers import write_tiny_mnist
 
+from mflow_cli.app import runs
+from mflow_cli.app.recipe import load_recipe
 from mflow_cli.datasets.images_standard import MNIST
 from mflow_cli.metrics.flow_vae import (
     METRICS,
@@ -200,3 +202,26 @@ def test_experiment_trains_reuses_and_tabulates(tmp_path, tiny_mnist):
     minutes = experiment.training_minutes([{"time": 0.0}, {"time": 60.0}, {"time": 120.0}, {"time": 9000.0},
                                            {"time": 9060.0}])
     assert math.isclose(minutes, 5.0)  # 4 gaps of one minute (the stop counts as one) + the first epoch
+
+
+def test_cost_mode_times_each_recipe_without_training(tmp_path, tiny_mnist):
+    """``--cost`` builds each recipe's model, times a step and the k = 200 bound, and writes cost.md; the epoch
+    and budget columns are the step time scaled by the 50,000 training images and the recipe's epochs."""
+    from mflow_cli.experiments import flow_vae_mnist as experiment
+
+    doc = yaml.safe_load(open("recipes/flowvae_mnist40_sylvester_orthogonal.yaml"))
+    doc = {**doc, "name": "tiny_sylvester", "model": {**doc["model"], "latent_dim": 4, "hidden": [16],
+                                                       "posterior_layers": 2, "sylvester_columns": 2}}
+    path = tmp_path / "sylvester.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    overrides = [f"data.path={tiny_mnist}", "train.epochs=7", "train.batch_size=20", "threads=1"]
+    (row,) = experiment.cost_rows([path], overrides, steps=2, rounds=1)
+    model = runs.build_model(load_recipe(path, overrides), (1, 28, 28))
+    assert row.parameters == sum(p.numel() for p in model.parameters())
+    assert row.step_ms > 0 and row.iw_seconds_per_1000 > 0
+    assert math.isclose(row.epoch_seconds, row.step_ms / 1e3 * 2500) and math.isclose(
+        row.budget_hours, row.epoch_seconds * 7 / 3600)
+    experiment.main([str(path), "--cost", "--out", str(tmp_path / "out"), *(f"--set={o}" for o in overrides[:-1])])
+    table = (tmp_path / "out" / "cost.md").read_text()
+    assert "`tiny_sylvester`" in table and "ms / training step" in table
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "out" / "table.md").exists()
