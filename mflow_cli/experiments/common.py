@@ -11,12 +11,25 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
+class CommandFailed(RuntimeError):
+    """A command run by :func:`run_module` exited non-zero."""
+
+
+def run_module(module: str, *args: str, threads: int = 1, log: Path | None = None) -> None:
+    """``python -m MODULE ARGS`` in a fresh process on ``threads`` threads, its output kept in ``log`` when given;
+    a failure raises with the command's last error line."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    done = subprocess.run([sys.executable, "-m", module, *args], env=env, capture_output=True, text=True)
+    if log is not None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(done.stdout + done.stderr)
+    if done.returncode != 0:
+        raise CommandFailed(f"{module} {' '.join(args)} failed: {done.stderr.strip().splitlines()[-1:]}")
+
+
 def run_mflow(*args: str) -> None:
     """``mflow ARGS`` in a fresh process on one thread; a failure raises with the command's last error line."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "mflow_cli", *args], env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"mflow {' '.join(args)} failed: {done.stderr.strip().splitlines()[-1:]}")
+    run_module("mflow_cli", *args)
 
 
 def train_and_evaluate(recipe: str, out: Path, overrides: Sequence[str] = (), reuse: bool = False) -> dict:

@@ -1,12 +1,13 @@
 """Flow-VAE posteriors on statically binarized MNIST at the reference protocol: train (or resume), evaluate, tabulate.
 
-    python -m mflow_cli.experiments.flow_vae_mnist                      # every recipes/flowvae_mnist40_*.yaml
+    python -m mflow_cli.experiments.flow_vae_mnist --jobs 2             # every recipes/flowvae_mnist40_*.yaml
     python -m mflow_cli.experiments.flow_vae_mnist recipes/flowvae_mnist40_none.yaml recipes/flowvae_mnist40_iaf.yaml \
         --set train.epochs=100 --set evaluate.max_examples=1000
     python -m mflow_cli.experiments.flow_vae_mnist --cost                # what each row costs, before training it
 
 For each recipe it trains the model into ``--runs/<recipe name>`` with :func:`mflow_cli.app.runs.train_run` (a
-finished run with the same recipe is reused; an unfinished one, or one with a smaller epoch budget, is resumed),
+finished run with the same recipe is reused; an unfinished one, or one with a smaller epoch budget, is resumed;
+``--jobs N``: N recipes at a time, each trained and scored in its own process, their output in ``--out/logs``),
 then scores it with the recipe's ``evaluate`` section (``--set evaluate.*`` changes only the scoring, never
 the training recipe) and writes ``--out/table.md`` and ``--out/results.json``: per posterior −log p(x) with
 k = 200 and 5,000 importance samples ± the standard error over test images, −ELBO, the KL term, the gain over
@@ -27,6 +28,7 @@ import argparse
 import json
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ from mflow_cli.app import catalog, runs
 from mflow_cli.app.recipe import Recipe, load_recipe
 from mflow_cli.bench import training_step
 from mflow_cli.errors import ConfigError
+from mflow_cli.experiments.common import CommandFailed, run_module
 
 console = Console()
 
@@ -179,8 +182,26 @@ def _rich_table(rows: list[Row]) -> Table:
     return table
 
 
-def run_experiment(paths: list[Path], overrides: list[str], runs_dir: Path, out: Path, force: bool) -> list[Row]:
-    """Train or resume every recipe, evaluate it, write ``out/table.md`` and ``out/results.json``."""
+def run_in_processes(paths: list[Path], overrides: list[str], runs_dir: Path, out: Path, force: bool, jobs: int,
+                     threads: int) -> None:
+    """Train and score each recipe in its own process, ``jobs`` at a time (output in ``out/logs/NAME.log``), so
+    that :func:`run_experiment` then finds every run trained and every evaluation cached."""
+    def one(path: Path) -> None:
+        sets = [f"--set={o}" for o in overrides]
+        args = [str(path), "--runs", str(runs_dir), "--out", str(out), "--threads", str(threads), "--no-table", *sets]
+        console.print(f"[bold]{path.stem}[/]: started in its own process")
+        run_module("mflow_cli.experiments.flow_vae_mnist", *args, *(["--force"] if force else []), threads=threads,
+                   log=out / "logs" / f"{path.stem}.log")
+        console.print(f"{path.stem}: done")
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        list(pool.map(one, paths))
+
+
+def run_experiment(paths: list[Path], overrides: list[str], runs_dir: Path, out: Path, force: bool,
+                   write_table: bool = True) -> list[Row]:
+    """Train or resume every recipe, evaluate it, write ``out/table.md`` and ``out/results.json`` (unless not
+    ``write_table``)."""
     training_overrides = [o for o in overrides if not o.startswith("evaluate.")]
     rows = []
     for path in paths:
@@ -200,6 +221,8 @@ def run_experiment(paths: list[Path], overrides: list[str], runs_dir: Path, out:
         bound = metrics.get("test_iw_log_likelihood")
         if bound is not None:
             console.print(f"  {recipe.name}: −log p(x) ≤ {-bound:.2f} nats (k = {metrics['iw_samples']})")
+    if not write_table:
+        return rows
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(markdown_table(rows))
     io.write_json({r.recipe: {**r.__dict__} for r in rows}, out / "results.json")
@@ -278,6 +301,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/flow_vae_mnist"), help="where the table goes")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (the recipe's threads key)")
     parser.add_argument("--force", action="store_true", help="retrain runs that exist")
+    parser.add_argument("--jobs", type=int, default=1, help="recipes trained at a time, each in its own process")
+    parser.add_argument("--no-table", action="store_true", help=argparse.SUPPRESS)  # a --jobs worker
     parser.add_argument("--cost", action="store_true",
                         help="only time each recipe's training step and k = 200 bound (untrained; writes cost.md)")
     args = parser.parse_args(argv)
@@ -293,7 +318,15 @@ def main(argv: list[str] | None = None) -> None:
             (args.out / "cost.md").write_text(markdown)
             console.print(markdown, markup=False, highlight=False)
             return
-        run_experiment(paths, overrides, args.runs, args.out, args.force)
+        if args.jobs > 1 and len(paths) > 1:
+            for path in paths:  # every recipe valid before any process starts
+                load_recipe(path, overrides)
+            run_in_processes(paths, args.overrides, args.runs, args.out, args.force, args.jobs, args.threads)
+            args.force = False  # the workers retrained; the table below reuses their runs
+        run_experiment(paths, overrides, args.runs, args.out, args.force, write_table=not args.no_table)
+    except CommandFailed as err:
+        console.print(f"error: {err}", markup=False, highlight=False)
+        raise SystemExit(1) from None
     except ConfigError as err:
         console.print(f"[red]error:[/] {err}")
         raise SystemExit(2) from None

@@ -6,6 +6,8 @@ different from the stochastic one); the experiment command on a tiny MNIST."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -225,3 +227,34 @@ def test_cost_mode_times_each_recipe_without_training(tmp_path, tiny_mnist):
     table = (tmp_path / "out" / "cost.md").read_text()
     assert "`tiny_sylvester`" in table and "ms / training step" in table
     assert not (tmp_path / "runs").exists() and not (tmp_path / "out" / "table.md").exists()
+
+
+def test_jobs_train_each_recipe_in_its_own_process_then_tabulate(tmp_path, tiny_mnist):
+    """``--jobs 2``: both recipes trained and scored by worker processes (their logs kept), the table written
+    once by the parent from the workers' runs and cached evaluations; a bad recipe stops everything first."""
+    from mflow_cli.experiments import flow_vae_mnist as experiment
+
+    doc = yaml.safe_load(open("recipes/flowvae_mnist40_none.yaml"))
+    recipes = []
+    for flow in ("none", "planar"):
+        doc = {**doc, "name": f"tiny_{flow}",
+               "model": {**doc["model"], "posterior_flow": flow, "posterior_layers": 2 * (flow != "none"),
+                         "latent_dim": 2, "hidden": [16], "kl_warmup_steps": 4}}
+        path = tmp_path / f"tiny_{flow}.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        recipes.append(str(path))
+    sets = [f"--set={o}" for o in (f"data.path={tiny_mnist}", "data.n_validation=20", "train.epochs=1",
+                                   "train.batch_size=50", "evaluate.iw_samples=4", "evaluate.tight_iw_samples=8")]
+    out, runs_dir = tmp_path / "out", tmp_path / "runs"
+    done = subprocess.run([sys.executable, "-m", "mflow_cli.experiments.flow_vae_mnist", *recipes, "--jobs", "2",
+                           "--runs", str(runs_dir), "--out", str(out), *sets], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    for name in ("tiny_none", "tiny_planar"):
+        assert (runs_dir / name / "model.pt").is_file() and (out / "evaluations" / f"{name}.json").is_file()
+        assert "−log p(x) ≤" in (out / "logs" / f"{name}.log").read_text()
+    table = (out / "table.md").read_text()
+    assert table.count("| none") == 1 and table.count("| planar") == 1
+    with pytest.raises(SystemExit) as stop:
+        experiment.main([*recipes, "--jobs", "2", "--runs", str(runs_dir), "--out", str(out), *sets,
+                         "--set=data.path=/nonexistent.npz", "--force"])
+    assert stop.value.code == 2  # validated before any worker starts
