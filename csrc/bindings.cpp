@@ -162,6 +162,56 @@ std::vector<at::Tensor> py_lu_linear_backward(const at::Tensor& g_out, const at:
   return lu_linear_backward(g_out, g_log_det, x, bias, saved, unconstrained_diag, lower_flat, upper_flat, inverse);
 }
 
+// The program's shape (flow_pass.cpp documents it): the saved-tensor count its forward leaves, or an error.
+size_t check_flow_pass(const at::Tensor& x, const std::vector<int64_t>& kinds, const std::vector<at::Tensor>& tensors,
+                       const std::vector<int64_t>& ints, const std::vector<double>& doubles) {
+  TORCH_CHECK(x.dim() == 2 && !x.is_cuda() && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble),
+              "flow_pass runs on (N, D) float32/float64 CPU tensors");
+  size_t ti = 0, ii = 0, di = 0, si = 0;
+  for (const int64_t kind : kinds) {
+    TORCH_CHECK(kind >= 0 && kind <= 2, "unknown step kind");
+    if (kind == 0) {
+      ti += 2;
+    } else if (kind == 1) {
+      ti += 6;
+      di += 1;
+      si += 5;
+    } else {
+      const int64_t blocks = ints.at(ii);
+      TORCH_CHECK(blocks >= 0, "malformed program");
+      spline_args(ints.at(ii + 1), 0, 0, 0, 0, 1);
+      ti += 6 + 4 * static_cast<size_t>(blocks);
+      si += 4 + 2 * static_cast<size_t>(blocks);
+      ii += 2;
+      di += 5;
+    }
+  }
+  TORCH_CHECK(ti == tensors.size() && ii == ints.size() && di == doubles.size(), "malformed program");
+  for (const at::Tensor& t : tensors) {
+    TORCH_CHECK(t.device() == x.device() && t.is_contiguous(), "program tensors must be contiguous, on the CPU");
+    TORCH_CHECK(t.scalar_type() == at::kLong || t.scalar_type() == x.scalar_type(), "program dtype mismatch");
+  }
+  return si;
+}
+
+std::vector<at::Tensor> py_flow_pass_forward(const at::Tensor& x, bool inverse, const std::vector<int64_t>& kinds,
+                                             const std::vector<at::Tensor>& tensors, const std::vector<int64_t>& ints,
+                                             const std::vector<double>& doubles) {
+  check_flow_pass(x, kinds, tensors, ints, doubles);
+  return flow_pass_forward_cpu(x, inverse, kinds, tensors, ints, doubles);
+}
+
+std::vector<at::Tensor> py_flow_pass_backward(const at::Tensor& g_y, const at::Tensor& g_logdet, bool inverse,
+                                              const std::vector<int64_t>& kinds,
+                                              const std::vector<at::Tensor>& tensors,
+                                              const std::vector<int64_t>& ints, const std::vector<double>& doubles,
+                                              const std::vector<at::Tensor>& saved) {
+  TORCH_CHECK(saved.size() == check_flow_pass(g_y, kinds, tensors, ints, doubles),
+              "flow_pass: the tensors its forward saved");
+  TORCH_CHECK(g_logdet.dim() == 1 && g_logdet.size(0) == g_y.size(0), "flow_pass: bad gradients");
+  return flow_pass_backward_cpu(g_y, g_logdet, inverse, kinds, tensors, ints, doubles, saved);
+}
+
 }  // namespace
 }  // namespace mflow
 
@@ -185,4 +235,6 @@ PYBIND11_MODULE(_C, m) {
   m.def("residual_net_backward", &mflow::py_residual_net_backward);
   m.def("lu_linear_forward", &mflow::py_lu_linear_forward);
   m.def("lu_linear_backward", &mflow::py_lu_linear_backward);
+  m.def("flow_pass_forward", &mflow::py_flow_pass_forward);
+  m.def("flow_pass_backward", &mflow::py_flow_pass_backward);
 }

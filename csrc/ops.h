@@ -71,6 +71,15 @@ std::vector<at::Tensor> lu_linear_backward(const at::Tensor& g_out, const at::Te
 at::Tensor flow_tangents_cpu(const at::Tensor& state, int64_t rows, bool inverse, const std::vector<int64_t>& kinds,
                              const std::vector<at::Tensor>& tensors, const std::vector<int64_t>& ints,
                              const std::vector<double>& doubles);
+// A whole pass of a coupling stack for training, forward and backward (flow_pass.cpp; CPU only).
+std::vector<at::Tensor> flow_pass_forward_cpu(const at::Tensor& x, bool inverse, const std::vector<int64_t>& kinds,
+                                              const std::vector<at::Tensor>& tensors, const std::vector<int64_t>& ints,
+                                              const std::vector<double>& doubles);
+std::vector<at::Tensor> flow_pass_backward_cpu(const at::Tensor& g_y, const at::Tensor& g_logdet, bool inverse,
+                                               const std::vector<int64_t>& kinds,
+                                               const std::vector<at::Tensor>& tensors,
+                                               const std::vector<int64_t>& ints, const std::vector<double>& doubles,
+                                               const std::vector<at::Tensor>& saved);
 #ifdef MFLOW_WITH_CUDA
 MFLOW_DECLARE_OPS(cuda)
 #endif

@@ -28,6 +28,7 @@ from nflows.transforms.autoregressive import AutoregressiveTransform
 from nflows.transforms.coupling import CouplingTransform
 
 from . import kernels
+from .flows.fused import flow_leaves
 
 
 def batched_jacobian(
@@ -80,12 +81,6 @@ def reverse_mode_jacobian(
 # linear map, bias included, is then one matmul over all slots (the bias as the matrix's last row, which
 # the tangents' 0 switches off), and ReLU is one ``threshold_backward`` that keeps every slot where the
 # values are positive (slot 0 becomes relu(values); the coordinate, 1, passes).
-
-
-def _leaves(transform: T.Transform) -> list[T.Transform]:
-    if isinstance(transform, T.CompositeTransform):
-        return [leaf for t in transform._transforms for leaf in _leaves(t)]
-    return [transform]
 
 
 def _is_linear(leaf: T.Transform) -> bool:
@@ -231,7 +226,7 @@ class _Plan:
 
     def __init__(self, flow: T.Transform, features: int, like: torch.Tensor, inverse: bool) -> None:
         self.steps: list[tuple] = []
-        leaves = _leaves(flow)
+        leaves = flow_leaves(flow)
         self.covered = all(_keeps_rows(leaf) for leaf in leaves)  # else: the whole flow at once, generically
         self.dropouts = [b.dropout for leaf in leaves if _coupling_supported(leaf) for b in leaf.transform_net.blocks
                          if b.dropout.p > 0]

@@ -12,6 +12,7 @@ non-linear tails, an unconditional transform, vmap/grad transforms) runs nflows'
 from __future__ import annotations
 
 import warnings
+import weakref
 
 import numpy as np
 import torch
@@ -20,6 +21,13 @@ from nflows import transforms as T
 from nflows.nn.nets import ResidualNet
 
 from .. import kernels
+
+
+def flow_leaves(transform: T.Transform) -> list[T.Transform]:
+    """The layers of ``transform`` in the order its forward pass runs them, nested CompositeTransforms flattened."""
+    if isinstance(transform, T.CompositeTransform):
+        return [leaf for t in transform._transforms for leaf in flow_leaves(t)]
+    return [transform]
 
 
 def _check_features(inputs: torch.Tensor, features: int) -> None:
@@ -200,3 +208,98 @@ class FusedLULinear(T.LULinear):
         cols = torch.linalg.solve_triangular(lower, (inputs - self.bias).T, upper=False, unitriangular=True)
         outputs = torch.linalg.solve_triangular(upper, cols, upper=True).T
         return outputs, (-torch.log(upper_diag).sum()).expand(inputs.shape[0]).contiguous()
+
+
+class _PassProgram:
+    """A flow's forward or inverse pass as a :func:`mflow_cli.kernels.flow_pass` program (``csrc/flow_pass.cpp``):
+    the step kinds, integers, floats and index tensors fixed when compiled; the parameters read at every call
+    from the layers' own parameter dicts (so an optimiser step, ``load_state_dict`` or ``.double()`` is always
+    seen). Permutations carry their inverse, computed when compiled and recompiled when the buffer is written."""
+
+    def __init__(self, flow: T.Transform, inverse: bool) -> None:
+        self.inverse = inverse
+        kinds: list[int] = []
+        ints: list[int] = []
+        doubles: list[float] = []
+        layout: list[int | torch.Tensor] = []
+        self.sources: list[tuple[dict, str]] = []  # where each parameter lives
+        self.watched: list[tuple[dict, str, torch.Tensor, int]] = []  # index buffers as compiled
+        self.dropouts: list[torch.nn.Module] = []
+        self.supported = True
+
+        def parameters(*pairs: tuple[dict, str]) -> None:
+            for pair in pairs:
+                layout.append(len(self.sources))
+                self.sources.append(pair)
+
+        def indices(*tensors: torch.Tensor) -> None:
+            layout.extend(tensors)
+
+        for leaf in reversed(flow_leaves(flow)) if inverse else flow_leaves(flow):
+            if isinstance(leaf, T.IdentityTransform):
+                continue
+            if isinstance(leaf, T.Permutation) and leaf._dim == 1:
+                perm = leaf._permutation
+                with torch.no_grad():
+                    back = torch.argsort(perm)
+                kinds.append(0)
+                indices(*((back, perm) if inverse else (perm, back)))
+                self.watched.append((leaf._buffers, "_permutation", perm, perm._version))
+            elif isinstance(leaf, FusedLULinear):
+                kinds.append(1)
+                parameters(*((leaf._parameters, n) for n in ("lower_entries", "upper_entries",
+                                                             "unconstrained_upper_diag", "bias")))
+                indices(leaf._lower_flat, leaf._upper_flat)
+                doubles.append(float(leaf.eps))
+            elif self._coupling_ok(leaf):
+                net = leaf.transform_net
+                kinds.append(2)
+                indices(leaf.identity_features, leaf.transform_features)
+                self.watched += [(leaf._buffers, n, leaf._buffers[n], leaf._buffers[n]._version)
+                                 for n in ("identity_features", "transform_features")]
+                linears = [net.initial_layer, *(lin for b in net.blocks for lin in b.linear_layers), net.final_layer]
+                parameters(*((lin._parameters, n) for lin in linears for n in ("weight", "bias")))
+                self.dropouts += [b.dropout for b in net.blocks if b.dropout.p > 0]
+                ints += [len(net.blocks), leaf.num_bins]
+                doubles += [float(leaf.tail_bound), float(leaf.min_bin_width), float(leaf.min_bin_height),
+                            float(leaf.min_derivative), leaf._divisor()]
+            else:
+                self.supported = False
+                break
+        self.program = (kinds, ints, doubles, layout)
+
+    @staticmethod
+    def _coupling_ok(leaf: T.Transform) -> bool:
+        if not isinstance(leaf, FusedRQCouplingTransform):
+            return False
+        net = leaf.transform_net
+        return (leaf.tails == "linear" and leaf.unconditional_transform is None and leaf.num_bins <= 64
+                and _functional_ok(net) and net.context_features is None)
+
+    def stale(self) -> bool:
+        """Whether an index buffer was written or replaced since compiling (``load_state_dict``, ``.to()``)."""
+        return any(table[name] is not t or t._version != version for table, name, t, version in self.watched)
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if any(d.training for d in self.dropouts):  # active dropout: the layers' own sampling
+            return None
+        return kernels.flow_pass(x, self.inverse, self.program, [table[name] for table, name in self.sources])
+
+
+_pass_programs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def flow_pass(flow: T.Transform, x: torch.Tensor, inverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``flow(x)`` (or ``flow.inverse(x)``) -> ``(outputs, logabsdet)``; for a stack of permutations, fused LU
+    layers and fused RQ couplings with ResidualNet conditioners on float CPU rows, the whole pass as one autograd
+    node with a compiled backward (:func:`mflow_cli.kernels.flow_pass`): a 2-D flow's training step otherwise
+    spends about as long in per-layer Python and autograd bookkeeping as in arithmetic. Anything else (other
+    layers, CUDA, active dropout, functorch transforms, the reference path) runs the flow's own calls."""
+    if kernels.flow_pass_available(x):  # checked before compiling: no functorch wrappers in the program
+        per_flow = _pass_programs.setdefault(flow, {})
+        program = per_flow.get(inverse)
+        if program is None or program.stale():
+            program = per_flow[inverse] = _PassProgram(flow, inverse)
+        if program.supported and (result := program(x)) is not None:
+            return result
+    return flow.inverse(x) if inverse else flow(x)

@@ -22,6 +22,8 @@ from .ops import (
     affine_coupling_tangents,
     can_fuse,
     extension_loaded,
+    flow_pass,
+    flow_pass_available,
     flow_tangents,
     fused_enabled,
     logdet_gram,
@@ -36,7 +38,8 @@ from .ops import (
 )
 
 __all__ = [
-    "affine_coupling", "affine_coupling_tangents", "backend_info", "can_fuse", "extension_loaded", "flow_tangents",
+    "affine_coupling", "affine_coupling_tangents", "backend_info", "can_fuse", "extension_loaded", "flow_pass",
+    "flow_pass_available", "flow_tangents",
     "fused_enabled", "logdet_gram", "lu_linear", "native_flow_available", "residual_net", "rq_coupling",
     "rq_coupling_step", "rq_coupling_tangents", "tangents_fusable", "use_reference",
 ]

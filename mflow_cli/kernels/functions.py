@@ -215,3 +215,33 @@ class RQCouplingStepFn(_Function):
         grads = ext.residual_net_backward(g_cond.view(n, -1), x.index_select(1, identity), params, saved, True)
         g_x.index_add_(1, identity, grads[0])
         return (g_x, None, None, None, None, *grads[1:])
+
+
+class FlowPassFn(torch.autograd.Function):
+    """(x, inverse, program, *params) -> (y, Σ log|det|): a whole pass of a stack of permutations, LU-linear layers
+    and RQ couplings (``csrc/flow_pass.cpp``), one autograd node whose backward runs every step's compiled backward
+    in reverse in one native call. ``program`` is (kinds, ints, doubles, layout): ``layout`` lists the program's
+    tensors, an int i standing for ``params[i]`` (what gets a gradient) and a tensor for itself (index tensors).
+    The steps' saved activations stay on the context, not among the outputs (a few hundred tensors otherwise go
+    through autograd's output bookkeeping on every call)."""
+
+    @staticmethod
+    def forward(ctx, x, inverse, program, *params):
+        kinds, ints, doubles, layout = program
+        tensors = [params[t] if isinstance(t, int) else t for t in layout]
+        y, logdet, *saved = ext.flow_pass_forward(x, inverse, kinds, tensors, ints, doubles)
+        ctx.save_for_backward(*params)
+        ctx.step_saved, ctx.inverse, ctx.program, ctx.like = saved, inverse, program, y.new_empty(0)
+        ctx.shape = y.shape
+        return y, logdet
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_y, g_ld):
+        params = ctx.saved_tensors
+        kinds, ints, doubles, layout = ctx.program
+        tensors = [params[t] if isinstance(t, int) else t for t in layout]
+        g_y = ctx.like.new_zeros(ctx.shape) if g_y is None else g_y.contiguous()
+        g_ld = g_y.new_zeros(ctx.shape[0]) if g_ld is None else g_ld.contiguous()
+        grads = ext.flow_pass_backward(g_y, g_ld, ctx.inverse, kinds, tensors, ints, doubles, ctx.step_saved)
+        return (grads[0], None, None, *(grads[1 + i] for i, t in enumerate(layout) if isinstance(t, int)))

@@ -298,3 +298,29 @@ def flow_tangents(
     Call only where :func:`native_flow_available` says so; no autograd.
     """
     return ext.flow_tangents(state, rows, inverse, *program)
+
+
+def flow_pass_available(x: torch.Tensor) -> bool:
+    """Whether :func:`flow_pass` can run a whole pass for rows ``x`` now: float32/float64 (N, D) CPU rows, the
+    extension enabled, no functorch transform and no forward-mode AD active (the node has no jvp rule)."""
+    return (x.dim() == 2 and x.device.type == "cpu" and can_fuse(x) and not torch._C._are_functorch_transforms_active()
+            and forward_ad._current_level < 0)
+
+
+def flow_pass(
+    x: torch.Tensor, inverse: bool, program: tuple[list[int], list[int], list[float], list], params: list[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A whole pass of a stack of permutations, LU-linear layers and RQ couplings on rows ``x`` (N, D) as one
+    autograd node (``csrc/flow_pass.cpp``: one native call forward, one backward): ``(y, Σ log|det|)``.
+
+    ``program`` is (step kinds, ints, doubles, layout) and ``params`` the float tensors it reads, in the order
+    flow_pass.cpp documents (``layout``: an int i for ``params[i]``, a tensor for an index tensor;
+    :func:`mflow_cli.flows.fused.flow_pass` compiles them from a flow). None where the path does not apply: no
+    extension, not float32/float64 CPU rows, a functorch transform or forward-mode AD active (no jvp rule), or a
+    parameter of another dtype than ``x``.
+    """
+    if not flow_pass_available(x) or any(t.dtype != x.dtype for t in params):
+        return None
+    from .functions import FlowPassFn
+
+    return FlowPassFn.apply(x.contiguous(), inverse, program, *params)

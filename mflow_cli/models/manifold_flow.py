@@ -28,6 +28,7 @@ from nflows.nn.nets import ResidualNet
 
 from ..errors import ConfigError
 from ..flows.builders import CouplingKind, InnerKind, LinearKind, coupling_flow, inner_flow
+from ..flows.fused import flow_pass
 from ..flows.image import image_flow
 from ..jacobian import decoder_jacobian, flow_outputs, logdet_gram
 from . import objectives
@@ -166,13 +167,13 @@ class ManifoldFlow(Model, ManifoldModel):
     # ------------------------------------------------------------------ maps
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Outer flow: manifold coordinates u (B, d), off-manifold v (B, D−d), log|det J_f| (B,)."""
-        out, logdet = self.outer(x.reshape(x.shape[0], -1))
+        out, logdet = flow_pass(self.outer, x.reshape(x.shape[0], -1))
         return out[:, : self.latent_dim], out[:, self.latent_dim :], logdet
 
     def decode(self, u: torch.Tensor) -> torch.Tensor:
         """g(u) = f⁻¹([u, 0]): a point on the learned manifold, flat (B, D)."""
         pad = u.new_zeros(u.shape[0], self.data_dim - self.latent_dim)
-        x, _ = self.outer.inverse(torch.cat([u, pad], dim=1))
+        x, _ = flow_pass(self.outer, torch.cat([u, pad], dim=1), inverse=True)
         return x
 
     def manifold_coordinates(self, x: torch.Tensor) -> torch.Tensor:

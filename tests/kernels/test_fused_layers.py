@@ -1,5 +1,6 @@
 """mflow's fused layers against nflows' own: the functional ResidualNet conditioner and FusedLULinear's inverse
-(float64: values and gradients to 1e-12), and one DNF training step on the fused path against the reference path."""
+(float64: values and gradients to 1e-12), the whole pass of a coupling stack as one node (flow_pass), and one
+DNF training step on the fused path against the reference path."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from nflows import transforms as T
 from nflows.nn.nets import ResidualNet
 
 from mflow_cli import kernels
-from mflow_cli.flows.fused import FusedLULinear, conditioner
+from mflow_cli.flows.builders import coupling_flow
+from mflow_cli.flows.fused import FusedLULinear, _PassProgram, conditioner, flow_pass
+from mflow_cli.kernels.functions import FlowPassFn
 from mflow_cli.models.manifold_flow import ManifoldFlow
 
 
@@ -193,3 +196,97 @@ def test_channels_last_conditioner_matches_nchw():
     x = torch.randn(3, 4, 5, 5, dtype=torch.float64)
     out = fast(x)
     assert out.is_contiguous() and torch.allclose(out, plain(x), atol=1e-12, rtol=0)
+
+
+def _perturbed_flow(features: int, layers: int, **kwargs) -> T.Transform:
+    """A float64 coupling flow with every parameter moved off its (near-identity) start."""
+    torch.manual_seed(0)
+    flow = coupling_flow(features, layers, hidden_features=12, **kwargs).double()
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return flow
+
+
+needs_ext = pytest.mark.skipif(not kernels.extension_loaded(), reason="mflow_cli._C not built")
+
+
+@needs_ext
+@pytest.mark.parametrize("features,layers,kwargs", [
+    (2, 3, {}), (5, 2, {"spline_bins": 8, "num_blocks": 1}), (4, 2, {"linear": "permutation", "num_blocks": 3}),
+])
+@pytest.mark.parametrize("inverse", [False, True])
+def test_whole_pass_as_one_node_matches_nflows_layers(features, layers, kwargs, inverse):
+    """flow_pass: one FlowPassFn node for the whole stack; values, log-det and the gradients of x and of every
+    parameter equal nflows' own layers (the reference path) to 1e-10 in float64."""
+    flow = _perturbed_flow(features, layers, **kwargs)
+    x = (1.5 * torch.randn(9, features, dtype=torch.float64)).requires_grad_()
+    weights = torch.randn(9, features, dtype=torch.float64), torch.randn(9, dtype=torch.float64)
+    params = [x, *flow.parameters()]
+
+    def run(reference: bool):
+        with kernels.use_reference(reference):
+            y, logdet = flow_pass(flow, x, inverse)
+        loss = (y * weights[0]).sum() + (logdet * weights[1]).sum()
+        return y, logdet, torch.autograd.grad(loss, params)
+
+    y, logdet, grads = run(False)
+    assert type(y.grad_fn) is FlowPassFn._backward_cls and y.grad_fn.next_functions[0][0] is not None
+    ref_y, ref_logdet, ref_grads = run(True)
+    assert type(ref_y.grad_fn) is not FlowPassFn._backward_cls
+    assert torch.allclose(y, ref_y, atol=1e-12, rtol=0) and torch.allclose(logdet, ref_logdet, atol=1e-12, rtol=0)
+    for a, b in zip(grads, ref_grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-10, rtol=0)
+
+
+@needs_ext
+@pytest.mark.parametrize("inverse", [False, True])
+def test_whole_pass_node_passes_gradcheck(inverse):
+    flow = _perturbed_flow(3, 2, num_blocks=1)
+    program = _PassProgram(flow, inverse)
+    params = [table[name].detach().clone().requires_grad_() for table, name in program.sources]
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+
+    def fn(x, *params):
+        return FlowPassFn.apply(x, inverse, program.program, *params)
+
+    assert torch.autograd.gradcheck(fn, (x, *params), eps=1e-6, atol=1e-6)
+
+
+@needs_ext
+def test_whole_pass_falls_back_where_it_does_not_apply_and_follows_loaded_weights():
+    """Active dropout, torch.func transforms and a loaded state (new permutations) all give nflows' answer."""
+    flow = _perturbed_flow(4, 2, dropout=0.3)
+    x = torch.randn(6, 4, dtype=torch.float64)
+    flow.train()
+    torch.manual_seed(1)
+    y, _ = flow_pass(flow, x)
+    torch.manual_seed(1)
+    assert type(y.grad_fn) is not FlowPassFn._backward_cls and torch.equal(y, flow(x)[0])
+    flow.eval()
+    y, logdet = flow_pass(flow, x)
+    assert type(y.grad_fn) is FlowPassFn._backward_cls and torch.allclose(y, flow(x)[0], atol=1e-12)
+    assert torch.allclose(flow_pass(flow, x, inverse=True)[0], flow.inverse(x)[0], atol=1e-12)
+
+    def first(v):
+        return flow_pass(flow, v)[0]
+
+    out, tangent = torch.func.jvp(first, (x,), (torch.ones_like(x),))
+    assert torch.allclose(out, y, atol=1e-12) and torch.isfinite(tangent).all()
+
+    torch.manual_seed(5)  # another draw of the weights and of the random permutations
+    other = coupling_flow(4, 2, hidden_features=12, dropout=0.3).double().eval()
+    perms = [k for k in other.state_dict() if k.endswith("_permutation")]
+    assert any(not torch.equal(flow.state_dict()[k], other.state_dict()[k]) for k in perms)
+    flow.load_state_dict(other.state_dict())  # written in place: the compiled inverse permutations go stale
+    assert torch.allclose(flow_pass(flow, x)[0], other(x)[0], atol=1e-12)
+    assert torch.allclose(flow_pass(flow, x, inverse=True)[0], other.inverse(x)[0], atol=1e-12)
+
+
+@needs_ext
+def test_malformed_whole_pass_program_is_refused():
+    x = torch.randn(3, 2)
+    with pytest.raises(RuntimeError, match="malformed program"):
+        kernels.ext.flow_pass_forward(x, False, [2], [torch.arange(1)], [1, 5], [3.0, 1e-3, 1e-3, 1e-3, 1.0])
+    with pytest.raises(RuntimeError, match="unknown step kind"):
+        kernels.ext.flow_pass_forward(x, False, [7], [], [], [])
