@@ -316,6 +316,8 @@ def model_rows(
 
     - one training step (loss, backward, AdamW) at ``batch``: mflow's (fused kernels, training.py's AdamW) vs the
       research code's (nflows' layers, torch's default AdamW), two copies of the same weights;
+    - the same step with each flow pass as one autograd node (:func:`mflow_cli.flows.fused.flow_pass`) against
+      the same fused layers one node each;
     - the exact on-manifold density (M-flow eq. 3) at ``batch`` points: J_g by the research code's method
       (:func:`mflow_cli.jacobian.reverse_mode_jacobian`: one reverse-mode pass per output dimension, batched
       over the points, nflows' layers) vs mflow's ``log_prob_manifold`` (forward-mode rules, fused kernels);
@@ -329,6 +331,7 @@ def model_rows(
 
 
 def _model_rows(repeats: int, quick: bool, batch: int) -> list[ThroughputRow]:
+    from .flows.fused import per_layer_passes
     from .jacobian import flow_with_tangents, logdet_gram, reverse_mode_jacobian
     from .metrics.manifold import ambient_grid
     from .models.manifold_flow import ManifoldFlow
@@ -405,7 +408,26 @@ def _model_rows(repeats: int, quick: bool, batch: int) -> list[ThroughputRow]:
     training = ThroughputRow(f"DNF training step, batch {batch} (samples/s)",
                              "same step on nflows' layers, default AdamW", 1e3 * batch / ref_ms, 1e3 * batch / fused_ms,
                              loss_diff)
-    return [training, density, grid_row, whole_pass]  # the densities were timed first, on the untrained weights
+
+    layered = copy.deepcopy(model)  # the same weights, stepped through the flows' own calls
+    with torch.no_grad():
+        torch.manual_seed(2)
+        with per_layer_passes():
+            layered_loss = layered.loss(x, "joint")[0]
+        torch.manual_seed(2)
+        node_diff = float((model.loss(x, "joint")[0] - layered_loss).abs())
+    layered_step = training_step(layered, x, False, **adamw, **TRAINING_ADAMW)
+
+    def per_layer_step() -> None:
+        with per_layer_passes():
+            layered_step()
+
+    layers_ms, node_ms = paired_times_ms([per_layer_step, training_step(model, x, False, **adamw, **TRAINING_ADAMW)],
+                                         repeats, cpu, 3)
+    one_node = ThroughputRow(f"DNF training step, batch {batch}: one node per pass (samples/s)",
+                             "the same fused layers, one autograd node each", 1e3 * batch / layers_ms,
+                             1e3 * batch / node_ms, node_diff)
+    return [training, one_node, density, grid_row, whole_pass]  # densities timed first, on the untrained weights
 
 
 def run_bench(

@@ -11,8 +11,10 @@ non-linear tails, an unconditional transform, vmap/grad transforms) runs nflows'
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 import weakref
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -287,6 +289,19 @@ class _PassProgram:
 
 
 _pass_programs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_whole_passes = {"enabled": True}
+
+
+@contextlib.contextmanager
+def per_layer_passes() -> Iterator[None]:
+    """Inside the block :func:`flow_pass` runs the flow's own calls, one autograd node per fused layer (what
+    ``mflow bench`` compares the whole-pass node against)."""
+    old = _whole_passes["enabled"]
+    _whole_passes["enabled"] = False
+    try:
+        yield
+    finally:
+        _whole_passes["enabled"] = old
 
 
 def flow_pass(flow: T.Transform, x: torch.Tensor, inverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -295,7 +310,7 @@ def flow_pass(flow: T.Transform, x: torch.Tensor, inverse: bool = False) -> tupl
     node with a compiled backward (:func:`mflow_cli.kernels.flow_pass`): a 2-D flow's training step otherwise
     spends about as long in per-layer Python and autograd bookkeeping as in arithmetic. Anything else (other
     layers, CUDA, active dropout, functorch transforms, the reference path) runs the flow's own calls."""
-    if kernels.flow_pass_available(x):  # checked before compiling: no functorch wrappers in the program
+    if _whole_passes["enabled"] and kernels.flow_pass_available(x):  # checked first: no functorch wrappers kept
         per_flow = _pass_programs.setdefault(flow, {})
         program = per_flow.get(inverse)
         if program is None or program.stale():

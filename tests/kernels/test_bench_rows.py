@@ -26,10 +26,11 @@ def test_flow_rows_name_their_baselines():
 
 
 def test_model_rows_compare_the_same_densities():
-    training, density, grid, whole_pass = model_rows(repeats=1, quick=True, threads=1)
+    training, one_node, density, grid, whole_pass = model_rows(repeats=1, quick=True, threads=1)
     assert "research method" in density.baseline and "research method" in grid.baseline
     assert "400-point grid" in grid.task and "step by step" in whole_pass.baseline
-    for row in (training, density, grid, whole_pass):
+    assert "one autograd node each" in one_node.baseline and one_node.max_abs_diff < 1e-5
+    for row in (training, one_node, density, grid, whole_pass):
         assert row.baseline_per_s > 0 and row.mflow_per_s > 0 and row.max_abs_diff < 1e-3
 
 
