@@ -203,9 +203,11 @@ def _zuko_nsf(features: int, layers: int, hidden: int, device: torch.device):
 
 def flow_rows(repeats: int = 10, quick: bool = False, device: str = "cpu") -> list[BenchRow]:
     """The 9-step RQ-spline coupling flow of :func:`mflow_cli.flows.builders.coupling_flow` (LU layers,
-    ResidualNet conditioners with 100 hidden units): fused vs nflows' transforms on the same weights
-    (``flow(x)``; loss ½|z|² − log|det|), then vs ``zuko.flows.NSF`` (the negative log-likelihood, both)."""
+    ResidualNet conditioners with 100 hidden units): mflow's pass (:func:`mflow_cli.flows.fused.flow_pass`, as
+    the manifold flows run it: one node for the whole pass on the CPU) vs nflows' transforms on the same weights
+    (loss ½|z|² − log|det|), then vs ``zuko.flows.NSF`` (the negative log-likelihood, both)."""
     from .flows.builders import coupling_flow
+    from .flows.fused import flow_pass
 
     dev = torch.device(device)
     rows: list[BenchRow] = []
@@ -218,10 +220,10 @@ def flow_rows(repeats: int = 10, quick: bool = False, device: str = "cpu") -> li
 
         def forward(x=x, flow=flow):
             with torch.no_grad():
-                return flow(x)
+                return flow_pass(flow, x)  # nflows' own layers inside kernels.use_reference()
 
         def forward_backward(x=x, flow=flow, params=params):
-            z, logdet = flow(x)
+            z, logdet = flow_pass(flow, x)
             loss = 0.5 * (z**2).sum() - logdet.sum()
             return [z.detach(), logdet.detach()], torch.autograd.grad(loss, params)
 
@@ -245,14 +247,14 @@ def flow_rows(repeats: int = 10, quick: bool = False, device: str = "cpu") -> li
 
         def ours_nll(x=x, flow=flow):
             with torch.no_grad():
-                return _nll(*flow(x))
+                return _nll(*flow_pass(flow, x))
 
         def zuko_nll(x=x, peer=peer):
             with torch.no_grad():
                 return -peer().log_prob(x)
 
         def ours_step(x=x, flow=flow, params=params):
-            return torch.autograd.grad(_nll(*flow(x)).mean(), params)
+            return torch.autograd.grad(_nll(*flow_pass(flow, x)).mean(), params)
 
         def zuko_step(x=x, peer=peer, params=peer_params):
             return torch.autograd.grad(-peer().log_prob(x).mean(), params)
