@@ -196,9 +196,9 @@ size_t check_flow_pass(const at::Tensor& x, const std::vector<int64_t>& kinds, c
 
 std::vector<at::Tensor> py_flow_pass_forward(const at::Tensor& x, bool inverse, const std::vector<int64_t>& kinds,
                                              const std::vector<at::Tensor>& tensors, const std::vector<int64_t>& ints,
-                                             const std::vector<double>& doubles) {
+                                             const std::vector<double>& doubles, bool save) {
   check_flow_pass(x, kinds, tensors, ints, doubles);
-  return flow_pass_forward_cpu(x, inverse, kinds, tensors, ints, doubles);
+  return flow_pass_forward_cpu(x, inverse, kinds, tensors, ints, doubles, save);
 }
 
 std::vector<at::Tensor> py_flow_pass_backward(const at::Tensor& g_y, const at::Tensor& g_logdet, bool inverse,

@@ -10,9 +10,10 @@
 //   2 RQ-spline coupling: tensors identity idx, transform idx, W0, b0, (W1, b1, W2, b2) per block, Wf, bf
 //                         (nflows' layout); ints blocks, num_bins; doubles tail_bound, min_bin_width,
 //                         min_bin_height, min_derivative, divisor
-// Forward returns y, Σ log|det| (N,), then what backward needs, step by step: an LU step its input and the four
-// tensors lu_linear_forward saves; a coupling step its input, its conditioner's input and output, and the
-// conditioner's saved activations (2 per block and the last hidden state).
+// Forward returns y, Σ log|det| (N,), then (with ``save``) what backward needs, step by step: an LU step its input
+// and the four tensors lu_linear_forward saves; a coupling step its input, its conditioner's input and output, and
+// the conditioner's saved activations (2 per block and the last hidden state). Without ``save`` (no gradient to
+// come) each step's activations are freed as soon as the next step has run.
 #include <ATen/ATen.h>
 
 #include <vector>
@@ -38,7 +39,7 @@ std::vector<at::Tensor> net_params(const at::Tensor* t, int64_t blocks) {
 
 std::vector<at::Tensor> flow_pass_forward_cpu(const at::Tensor& x, bool inverse, const std::vector<int64_t>& kinds,
                                               const std::vector<at::Tensor>& tensors, const std::vector<int64_t>& ints,
-                                              const std::vector<double>& doubles) {
+                                              const std::vector<double>& doubles, bool save) {
   at::Tensor s = x.contiguous();
   at::Tensor logdet = at::zeros({x.size(0)}, x.options());
   std::vector<at::Tensor> result{at::Tensor(), logdet};
@@ -51,8 +52,10 @@ std::vector<at::Tensor> flow_pass_forward_cpu(const at::Tensor& x, bool inverse,
     } else if (kind == 1) {
       std::vector<at::Tensor> out = lu_linear_forward(s, t[0], t[1], t[2], t[3], t[4], t[5], doubles[di], inverse);
       logdet.add_(out[1]);
-      result.push_back(s.is_same(x) ? s.clone() : s);  // autograd refuses to save an input returned as-is
-      result.insert(result.end(), out.begin() + 2, out.end());
+      if (save) {
+        result.push_back(s.is_same(x) ? s.clone() : s);  // autograd refuses to save an input returned as-is
+        result.insert(result.end(), out.begin() + 2, out.end());
+      }
       s = out[0];
       ti += kLUTensors;
       di += 1;
@@ -65,10 +68,12 @@ std::vector<at::Tensor> flow_pass_forward_cpu(const at::Tensor& x, bool inverse,
       at::Tensor out, ld;
       std::tie(out, ld) = rq_forward_cpu(s, cond, t[1], inverse, a);
       logdet.add_(ld);
-      result.push_back(s.is_same(x) ? s.clone() : s);
-      result.push_back(net_in);
-      result.push_back(cond);
-      result.insert(result.end(), net.begin() + 1, net.end());
+      if (save) {
+        result.push_back(s.is_same(x) ? s.clone() : s);
+        result.push_back(net_in);
+        result.push_back(cond);
+        result.insert(result.end(), net.begin() + 1, net.end());
+      }
       s = out;
       ti += coupling_tensors(blocks);
       ii += 2;

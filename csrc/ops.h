@@ -74,7 +74,7 @@ at::Tensor flow_tangents_cpu(const at::Tensor& state, int64_t rows, bool inverse
 // A whole pass of a coupling stack for training, forward and backward (flow_pass.cpp; CPU only).
 std::vector<at::Tensor> flow_pass_forward_cpu(const at::Tensor& x, bool inverse, const std::vector<int64_t>& kinds,
                                               const std::vector<at::Tensor>& tensors, const std::vector<int64_t>& ints,
-                                              const std::vector<double>& doubles);
+                                              const std::vector<double>& doubles, bool save);
 std::vector<at::Tensor> flow_pass_backward_cpu(const at::Tensor& g_y, const at::Tensor& g_logdet, bool inverse,
                                                const std::vector<int64_t>& kinds,
                                                const std::vector<at::Tensor>& tensors,

@@ -229,7 +229,7 @@ class FlowPassFn(torch.autograd.Function):
     def forward(ctx, x, inverse, program, *params):
         kinds, ints, doubles, layout = program
         tensors = [params[t] if isinstance(t, int) else t for t in layout]
-        y, logdet, *saved = ext.flow_pass_forward(x, inverse, kinds, tensors, ints, doubles)
+        y, logdet, *saved = ext.flow_pass_forward(x, inverse, kinds, tensors, ints, doubles, True)
         ctx.save_for_backward(*params)
         ctx.step_saved, ctx.inverse, ctx.program, ctx.like = saved, inverse, program, y.new_empty(0)
         ctx.shape = y.shape

@@ -287,6 +287,21 @@ def test_whole_pass_falls_back_where_it_does_not_apply_and_follows_loaded_weight
 def test_malformed_whole_pass_program_is_refused():
     x = torch.randn(3, 2)
     with pytest.raises(RuntimeError, match="malformed program"):
-        kernels.ext.flow_pass_forward(x, False, [2], [torch.arange(1)], [1, 5], [3.0, 1e-3, 1e-3, 1e-3, 1.0])
+        kernels.ext.flow_pass_forward(x, False, [2], [torch.arange(1)], [1, 5], [3.0, 1e-3, 1e-3, 1e-3, 1.0], True)
     with pytest.raises(RuntimeError, match="unknown step kind"):
-        kernels.ext.flow_pass_forward(x, False, [7], [], [], [])
+        kernels.ext.flow_pass_forward(x, False, [7], [], [], [], True)
+
+
+@needs_ext
+@pytest.mark.parametrize("inverse", [False, True])
+def test_whole_pass_without_a_gradient_keeps_nothing_and_gives_the_same_values(inverse):
+    """No gradient to come: the native pass runs without saving activations (no node), same values; 0 rows work."""
+    flow = _perturbed_flow(3, 2)
+    x = torch.randn(7, 3, dtype=torch.float64)
+    with torch.no_grad():
+        y, logdet = flow_pass(flow, x, inverse)
+        empty_y, empty_logdet = flow_pass(flow, x[:0], inverse)
+    recorded_y, recorded_logdet = flow_pass(flow, x, inverse)
+    assert y.grad_fn is None and type(recorded_y.grad_fn) is FlowPassFn._backward_cls
+    assert torch.equal(y, recorded_y.detach()) and torch.equal(logdet, recorded_logdet.detach())
+    assert empty_y.shape == (0, 3) and empty_logdet.shape == (0,)
