@@ -375,7 +375,7 @@ def test_bench_command_prints_every_row():
         ref_ms, fused_ms, ratio, diff = float(cells[3]), float(cells[4]), float(cells[5].rstrip("×")), float(cells[6])
         assert ref_ms > 0 and fused_ms > 0 and abs(ratio - ref_ms / fused_ms) <= 0.05 * ratio + 0.02
         assert diff < 1e-3  # float32, the two paths agree
-    for task in ("DNF training step", "on-manifold density"):
+    for task in ("DNF training step, batch 100 (", "one node per pass", "on-manifold density"):
         rows = [ln for ln in lines if task in ln]
         assert len(rows) == 1, rows
         cells = [c.strip() for c in rows[0].split("│") if c.strip()]
