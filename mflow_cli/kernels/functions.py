@@ -217,6 +217,11 @@ class RQCouplingStepFn(_Function):
         return (g_x, None, None, None, None, *grads[1:])
 
 
+def pass_tensors(layout: list, params: tuple | list) -> list[torch.Tensor]:
+    """A flow_pass program's tensors from its ``layout`` (an int i for ``params[i]``, a tensor for itself)."""
+    return [params[t] if isinstance(t, int) else t for t in layout]
+
+
 class FlowPassFn(torch.autograd.Function):
     """(x, inverse, program, *params) -> (y, Σ log|det|): a whole pass of a stack of permutations, LU-linear layers
     and RQ couplings (``csrc/flow_pass.cpp``), one autograd node whose backward runs every step's compiled backward
@@ -228,8 +233,7 @@ class FlowPassFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, inverse, program, *params):
         kinds, ints, doubles, layout = program
-        tensors = [params[t] if isinstance(t, int) else t for t in layout]
-        y, logdet, *saved = ext.flow_pass_forward(x, inverse, kinds, tensors, ints, doubles, True)
+        y, logdet, *saved = ext.flow_pass_forward(x, inverse, kinds, pass_tensors(layout, params), ints, doubles, True)
         ctx.save_for_backward(*params)
         ctx.step_saved, ctx.inverse, ctx.program, ctx.like = saved, inverse, program, y.new_empty(0)
         ctx.shape = y.shape
@@ -240,8 +244,8 @@ class FlowPassFn(torch.autograd.Function):
     def backward(ctx, g_y, g_ld):
         params = ctx.saved_tensors
         kinds, ints, doubles, layout = ctx.program
-        tensors = [params[t] if isinstance(t, int) else t for t in layout]
         g_y = ctx.like.new_zeros(ctx.shape) if g_y is None else g_y.contiguous()
         g_ld = g_y.new_zeros(ctx.shape[0]) if g_ld is None else g_ld.contiguous()
-        grads = ext.flow_pass_backward(g_y, g_ld, ctx.inverse, kinds, tensors, ints, doubles, ctx.step_saved)
+        grads = ext.flow_pass_backward(g_y, g_ld, ctx.inverse, kinds, pass_tensors(layout, params), ints, doubles,
+                                       ctx.step_saved)
         return (grads[0], None, None, *(grads[1 + i] for i, t in enumerate(layout) if isinstance(t, int)))

@@ -321,11 +321,12 @@ def flow_pass(
     """
     if not flow_pass_available(x) or any(t.dtype != x.dtype for t in params):
         return None
+    from .functions import FlowPassFn, pass_tensors
+
     if not _records_grad(x, *params):  # nothing to save: the activations go as soon as the next step has run
         kinds, ints, doubles, layout = program
-        tensors = [params[t] if isinstance(t, int) else t for t in layout]
-        y, logdet = ext.flow_pass_forward(x.contiguous(), inverse, kinds, tensors, ints, doubles, False)
+        y, logdet = ext.flow_pass_forward(x.contiguous(), inverse, kinds, pass_tensors(layout, params), ints,
+                                          doubles, False)
         return y, logdet
-    from .functions import FlowPassFn
 
     return FlowPassFn.apply(x.contiguous(), inverse, program, *params)
