@@ -16,15 +16,21 @@ class CommandFailed(RuntimeError):
 
 
 def run_module(module: str, *args: str, threads: int = 1, log: Path | None = None) -> None:
-    """``python -m MODULE ARGS`` in a fresh process on ``threads`` threads, its output kept in ``log`` when given;
-    a failure raises with the command's last error line."""
+    """``python -m MODULE ARGS`` in a fresh process on ``threads`` threads; with ``log``, its output goes to that
+    file as it runs (a long training's progress lines can be followed there). A failure raises with the
+    command's last error line."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    done = subprocess.run([sys.executable, "-m", module, *args], env=env, capture_output=True, text=True)
-    if log is not None:
+    command = [sys.executable, "-m", module, *args]
+    if log is None:
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        errors = done.stderr
+    else:
         log.parent.mkdir(parents=True, exist_ok=True)
-        log.write_text(done.stdout + done.stderr)
+        with log.open("w") as out:
+            done = subprocess.run(command, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+        errors = log.read_text()
     if done.returncode != 0:
-        raise CommandFailed(f"{module} {' '.join(args)} failed: {done.stderr.strip().splitlines()[-1:]}")
+        raise CommandFailed(f"{module} {' '.join(args)} failed: {errors.strip().splitlines()[-1:]}")
 
 
 def run_mflow(*args: str) -> None:
