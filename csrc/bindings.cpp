@@ -167,31 +167,18 @@ size_t check_flow_pass(const at::Tensor& x, const std::vector<int64_t>& kinds, c
                        const std::vector<int64_t>& ints, const std::vector<double>& doubles) {
   TORCH_CHECK(x.dim() == 2 && !x.is_cuda() && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble),
               "flow_pass runs on (N, D) float32/float64 CPU tensors");
-  size_t ti = 0, ii = 0, di = 0, si = 0;
-  for (const int64_t kind : kinds) {
-    TORCH_CHECK(kind >= 0 && kind <= 2, "unknown step kind");
-    if (kind == 0) {
-      ti += 2;
-    } else if (kind == 1) {
-      ti += 6;
-      di += 1;
-      si += 5;
-    } else {
-      const int64_t blocks = ints.at(ii);
-      TORCH_CHECK(blocks >= 0, "malformed program");
-      spline_args(ints.at(ii + 1), 0, 0, 0, 0, 1);
-      ti += 6 + 4 * static_cast<size_t>(blocks);
-      si += 4 + 2 * static_cast<size_t>(blocks);
-      ii += 2;
-      di += 5;
-    }
+  const std::vector<FlowPassStep> layout = flow_pass_layout(kinds, ints);
+  for (size_t step = 0; step < kinds.size(); ++step) {
+    if (kinds[step] == 2) spline_args(ints.at(layout[step].ints + 1), 0, 0, 0, 0, 1);
   }
-  TORCH_CHECK(ti == tensors.size() && ii == ints.size() && di == doubles.size(), "malformed program");
+  const FlowPassStep& total = layout.back();
+  TORCH_CHECK(total.tensors == tensors.size() && total.ints == ints.size() && total.doubles == doubles.size(),
+              "malformed program");
   for (const at::Tensor& t : tensors) {
     TORCH_CHECK(t.device() == x.device() && t.is_contiguous(), "program tensors must be contiguous, on the CPU");
     TORCH_CHECK(t.scalar_type() == at::kLong || t.scalar_type() == x.scalar_type(), "program dtype mismatch");
   }
-  return si;
+  return total.saved;
 }
 
 std::vector<at::Tensor> py_flow_pass_forward(const at::Tensor& x, bool inverse, const std::vector<int64_t>& kinds,

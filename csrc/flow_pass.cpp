@@ -23,45 +23,66 @@
 namespace mflow {
 namespace {
 
-constexpr size_t kLUTensors = 6;
-
-size_t coupling_tensors(int64_t blocks) { return 6 + 4 * static_cast<size_t>(blocks); }
-
 SplineArgs spline_at(const std::vector<int64_t>& ints, size_t ii, const std::vector<double>& doubles, size_t di) {
   return SplineArgs{ints[ii], doubles[di], doubles[di + 1], doubles[di + 2], doubles[di + 3], doubles[di + 4]};
 }
 
 std::vector<at::Tensor> net_params(const at::Tensor* t, int64_t blocks) {
-  return std::vector<at::Tensor>(t + 2, t + coupling_tensors(blocks));  // W0, b0, ..., Wf, bf
+  return std::vector<at::Tensor>(t + 2, t + 6 + 4 * blocks);  // W0, b0, ..., Wf, bf
 }
 
 }  // namespace
 
+std::vector<FlowPassStep> flow_pass_layout(const std::vector<int64_t>& kinds, const std::vector<int64_t>& ints) {
+  std::vector<FlowPassStep> starts;
+  FlowPassStep next{0, 0, 0, 0};
+  for (const int64_t kind : kinds) {
+    TORCH_CHECK(kind >= 0 && kind <= 2, "unknown step kind");
+    starts.push_back(next);
+    if (kind == 0) {  // idx, its inverse
+      next.tensors += 2;
+    } else if (kind == 1) {  // 6 tensors, eps; saves its input and lu_linear_forward's 4
+      next.tensors += 6;
+      next.doubles += 1;
+      next.saved += 5;
+    } else {  // 6 + 4 per block tensors, (blocks, bins), 5 doubles; saves x, net input, net output, 2 per block + 1
+      const int64_t blocks = ints.at(next.ints);
+      TORCH_CHECK(blocks >= 0, "malformed program");
+      next.tensors += 6 + 4 * static_cast<size_t>(blocks);
+      next.saved += 4 + 2 * static_cast<size_t>(blocks);
+      next.ints += 2;
+      next.doubles += 5;
+    }
+  }
+  starts.push_back(next);
+  return starts;
+}
+
 std::vector<at::Tensor> flow_pass_forward_cpu(const at::Tensor& x, bool inverse, const std::vector<int64_t>& kinds,
                                               const std::vector<at::Tensor>& tensors, const std::vector<int64_t>& ints,
                                               const std::vector<double>& doubles, bool save) {
+  const std::vector<FlowPassStep> layout = flow_pass_layout(kinds, ints);
   at::Tensor s = x.contiguous();
+  if (save && s.is_same(x)) s = s.clone();  // autograd refuses to save an input returned as-is
   at::Tensor logdet = at::zeros({x.size(0)}, x.options());
   std::vector<at::Tensor> result{at::Tensor(), logdet};
-  size_t ti = 0, ii = 0, di = 0;
-  for (const int64_t kind : kinds) {
-    const at::Tensor* t = tensors.data() + ti;
-    if (kind == 0) {
+  for (size_t step = 0; step < kinds.size(); ++step) {
+    const FlowPassStep& here = layout[step];
+    const at::Tensor* t = tensors.data() + here.tensors;
+    if (kinds[step] == 0) {
       s = s.index_select(1, t[0]);
-      ti += 2;
-    } else if (kind == 1) {
-      std::vector<at::Tensor> out = lu_linear_forward(s, t[0], t[1], t[2], t[3], t[4], t[5], doubles[di], inverse);
+    } else if (kinds[step] == 1) {
+      std::vector<at::Tensor> out =
+          lu_linear_forward(s, t[0], t[1], t[2], t[3], t[4], t[5], doubles[here.doubles], inverse);
       logdet.add_(out[1]);
       if (save) {
-        result.push_back(s.is_same(x) ? s.clone() : s);  // autograd refuses to save an input returned as-is
+        result.push_back(s);
         result.insert(result.end(), out.begin() + 2, out.end());
       }
       s = out[0];
-      ti += kLUTensors;
-      di += 1;
     } else {
-      const int64_t blocks = ints[ii];
-      const SplineArgs a = spline_at(ints, ii + 1, doubles, di);
+      const int64_t blocks = ints[here.ints];
+      const SplineArgs a = spline_at(ints, here.ints + 1, doubles, here.doubles);
       const at::Tensor net_in = s.index_select(1, t[0]);
       std::vector<at::Tensor> net = residual_net_forward(net_in, net_params(t, blocks));
       const at::Tensor cond = net[0].view({s.size(0), t[1].size(0), 3 * a.num_bins - 1});
@@ -69,15 +90,12 @@ std::vector<at::Tensor> flow_pass_forward_cpu(const at::Tensor& x, bool inverse,
       std::tie(out, ld) = rq_forward_cpu(s, cond, t[1], inverse, a);
       logdet.add_(ld);
       if (save) {
-        result.push_back(s.is_same(x) ? s.clone() : s);
+        result.push_back(s);
         result.push_back(net_in);
         result.push_back(cond);
         result.insert(result.end(), net.begin() + 1, net.end());
       }
       s = out;
-      ti += coupling_tensors(blocks);
-      ii += 2;
-      di += 5;
     }
   }
   result[0] = s;
@@ -90,34 +108,15 @@ std::vector<at::Tensor> flow_pass_backward_cpu(const at::Tensor& g_y, const at::
                                                const std::vector<at::Tensor>& tensors,
                                                const std::vector<int64_t>& ints, const std::vector<double>& doubles,
                                                const std::vector<at::Tensor>& saved) {
-  // Where each step's tensors, ints, doubles and saved tensors start (the forward walk, replayed).
-  std::vector<size_t> t_at, i_at, d_at, s_at;
-  size_t ti = 0, ii = 0, di = 0, si = 0;
-  for (const int64_t kind : kinds) {
-    t_at.push_back(ti);
-    i_at.push_back(ii);
-    d_at.push_back(di);
-    s_at.push_back(si);
-    if (kind == 0) {
-      ti += 2;
-    } else if (kind == 1) {
-      ti += kLUTensors;
-      di += 1;
-      si += 5;
-    } else {
-      ti += coupling_tensors(ints[ii]);
-      si += 3 + 2 * static_cast<size_t>(ints[ii]) + 1;
-      ii += 2;
-      di += 5;
-    }
-  }
+  const std::vector<FlowPassStep> layout = flow_pass_layout(kinds, ints);
   std::vector<at::Tensor> grads(tensors.size() + 1);
   at::Tensor g = g_y.contiguous();
   const at::Tensor g_ld = g_logdet.contiguous();
   for (size_t step = kinds.size(); step-- > 0;) {
-    const at::Tensor* t = tensors.data() + t_at[step];
-    const at::Tensor* sv = saved.data() + s_at[step];
-    at::Tensor* gt = grads.data() + 1 + t_at[step];
+    const FlowPassStep& here = layout[step];
+    const at::Tensor* t = tensors.data() + here.tensors;
+    const at::Tensor* sv = saved.data() + here.saved;
+    at::Tensor* gt = grads.data() + 1 + here.tensors;
     if (kinds[step] == 0) {
       g = g.index_select(1, t[1]);
     } else if (kinds[step] == 1) {
@@ -126,8 +125,8 @@ std::vector<at::Tensor> flow_pass_backward_cpu(const at::Tensor& g_y, const at::
       for (size_t j = 0; j < 4; ++j) gt[j] = lg[j + 1];  // lower, upper, unconstrained diag, bias
       g = lg[0];
     } else {
-      const int64_t blocks = ints[i_at[step]];
-      const SplineArgs a = spline_at(ints, i_at[step] + 1, doubles, d_at[step]);
+      const int64_t blocks = ints[here.ints];
+      const SplineArgs a = spline_at(ints, here.ints + 1, doubles, here.doubles);
       at::Tensor g_x, g_cond;
       std::tie(g_x, g_cond) = rq_backward_cpu(sv[0], sv[2], t[1], g, g_ld, inverse, a);
       const std::vector<at::Tensor> net_saved(sv + 3, sv + 3 + 2 * blocks + 1);

@@ -72,6 +72,12 @@ at::Tensor flow_tangents_cpu(const at::Tensor& state, int64_t rows, bool inverse
                              const std::vector<at::Tensor>& tensors, const std::vector<int64_t>& ints,
                              const std::vector<double>& doubles);
 // A whole pass of a coupling stack for training, forward and backward (flow_pass.cpp; CPU only).
+// flow_pass_layout: where each step's tensors, ints, doubles and saved tensors start, then the totals (one entry
+// more than steps); refuses unknown kinds.
+struct FlowPassStep {
+  size_t tensors, ints, doubles, saved;
+};
+std::vector<FlowPassStep> flow_pass_layout(const std::vector<int64_t>& kinds, const std::vector<int64_t>& ints);
 std::vector<at::Tensor> flow_pass_forward_cpu(const at::Tensor& x, bool inverse, const std::vector<int64_t>& kinds,
                                               const std::vector<at::Tensor>& tensors, const std::vector<int64_t>& ints,
                                               const std::vector<double>& doubles, bool save);

@@ -171,8 +171,7 @@ class _CouplingRule:
         self.tidx = leaf.transform_features
         self.spline = None
         if isinstance(leaf, FusedRQCouplingTransform):
-            self.spline = (leaf.num_bins, leaf.tail_bound, leaf.min_bin_width, leaf.min_bin_height,
-                           leaf.min_derivative, leaf._divisor())
+            self.spline = leaf.spline_config()
             self.num_transform_features = leaf.num_transform_features
         linears = [net.initial_layer, *(lin for b in net.blocks for lin in b.linear_layers)]
         final_w, final_b = net.final_layer.weight.T, net.final_layer.bias

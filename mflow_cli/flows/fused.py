@@ -97,19 +97,21 @@ class FusedRQCouplingTransform(T.PiecewiseRationalQuadraticCouplingTransform):
         warnings.warn("Inputs to the softmax are not scaled down: initialization might be bad.", stacklevel=3)
         return 1.0
 
+    def spline_config(self) -> tuple[int, float, float, float, float, float]:
+        """(num_bins, tail_bound, min_bin_width, min_bin_height, min_derivative, divisor), as the kernels take them."""
+        return (self.num_bins, self.tail_bound, self.min_bin_width, self.min_bin_height, self.min_derivative,
+                self._divisor())
+
+    def kernel_ok(self) -> bool:
+        """Whether the spline kernel can serve this layer at all (linear tails, no unconditional part, ≤ 64 bins)."""
+        return self.tails == "linear" and self.unconditional_transform is None and self.num_bins <= 64
+
     def _fusable(self, inputs: torch.Tensor) -> bool:
-        return (
-            inputs.dim() in (2, 4)
-            and self.tails == "linear"
-            and self.unconditional_transform is None
-            and self.num_bins <= 64
-            and kernels.fused_enabled()
-        )
+        return inputs.dim() in (2, 4) and self.kernel_ok() and kernels.fused_enabled()
 
     def _run(self, inputs: torch.Tensor, context, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
         _check_features(inputs, self.features)
-        spline = (self.num_bins, self.tail_bound, self.min_bin_width, self.min_bin_height, self.min_derivative,
-                  self._divisor())
+        spline = self.spline_config()
         if context is None and inputs.dim() == 2 and (net_params := _one_node_params(self.transform_net)):
             step = kernels.rq_coupling_step(inputs, self.identity_features, self.transform_features, net_params,
                                             inverse, *spline)  # training: the whole step as one autograd node
@@ -262,9 +264,9 @@ class _PassProgram:
                 linears = [net.initial_layer, *(lin for b in net.blocks for lin in b.linear_layers), net.final_layer]
                 parameters(*((lin._parameters, n) for lin in linears for n in ("weight", "bias")))
                 self.dropouts += [b.dropout for b in net.blocks if b.dropout.p > 0]
-                ints += [len(net.blocks), leaf.num_bins]
-                doubles += [float(leaf.tail_bound), float(leaf.min_bin_width), float(leaf.min_bin_height),
-                            float(leaf.min_derivative), leaf._divisor()]
+                num_bins, *spline = leaf.spline_config()
+                ints += [len(net.blocks), num_bins]
+                doubles += [float(v) for v in spline]
             else:
                 self.supported = False
                 break
@@ -272,11 +274,8 @@ class _PassProgram:
 
     @staticmethod
     def _coupling_ok(leaf: T.Transform) -> bool:
-        if not isinstance(leaf, FusedRQCouplingTransform):
-            return False
-        net = leaf.transform_net
-        return (leaf.tails == "linear" and leaf.unconditional_transform is None and leaf.num_bins <= 64
-                and _functional_ok(net) and net.context_features is None)
+        return (isinstance(leaf, FusedRQCouplingTransform) and leaf.kernel_ok() and _functional_ok(leaf.transform_net)
+                and leaf.transform_net.context_features is None)
 
     def stale(self) -> bool:
         """Whether an index buffer was written or replaced since compiling (``load_state_dict``, ``.to()``)."""

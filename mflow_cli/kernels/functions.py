@@ -235,8 +235,7 @@ class FlowPassFn(torch.autograd.Function):
         kinds, ints, doubles, layout = program
         y, logdet, *saved = ext.flow_pass_forward(x, inverse, kinds, pass_tensors(layout, params), ints, doubles, True)
         ctx.save_for_backward(*params)
-        ctx.step_saved, ctx.inverse, ctx.program, ctx.like = saved, inverse, program, y.new_empty(0)
-        ctx.shape = y.shape
+        ctx.step_saved, ctx.inverse, ctx.program, ctx.shape, ctx.dtype = saved, inverse, program, y.shape, y.dtype
         return y, logdet
 
     @staticmethod
@@ -244,7 +243,7 @@ class FlowPassFn(torch.autograd.Function):
     def backward(ctx, g_y, g_ld):
         params = ctx.saved_tensors
         kinds, ints, doubles, layout = ctx.program
-        g_y = ctx.like.new_zeros(ctx.shape) if g_y is None else g_y.contiguous()
+        g_y = torch.zeros(ctx.shape, dtype=ctx.dtype) if g_y is None else g_y.contiguous()
         g_ld = g_y.new_zeros(ctx.shape[0]) if g_ld is None else g_ld.contiguous()
         grads = ext.flow_pass_backward(g_y, g_ld, ctx.inverse, kinds, pass_tensors(layout, params), ints, doubles,
                                        ctx.step_saved)
