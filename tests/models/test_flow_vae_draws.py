@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mflow_cli.flows.latent import LatentFlow, per_input_matmul
+from mflow_cli.flows.latent import LatentFlow, SylvesterStep, per_input_matmul
 from mflow_cli.models.flow_vae import FlowVAE
 
 KINDS = ["planar", "radial", "householder", "nice", "iaf", "sylvester_orthogonal", "sylvester_householder",
@@ -33,6 +33,22 @@ def test_draws_broadcast_like_repeated_rows(kind, dynamic):
     assert out.shape == (s, b, d) and logdet.shape == (s, b)
     assert torch.allclose(out, expected.reshape(s, b, d), atol=1e-12, rtol=0)
     assert torch.allclose(logdet, expected_logdet.reshape(s, b), atol=1e-12, rtol=0)
+    assert (out - z).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("variant", ["orthogonal", "householder", "triangular"])
+def test_sylvester_step_folds_q_for_many_draws_and_gives_the_same_map(variant):
+    torch.manual_seed(4)
+    b, d = 3, 5
+    step = SylvesterStep(d, variant, columns=3, reflections=2, index=1).double()
+    params = torch.randn(b, step.num_params, dtype=torch.float64)
+    z = torch.randn(d, b, d, dtype=torch.float64)  # S = d draws: Q folded into R and R̃ once per input
+    assert step.folds_q(z) and not step.folds_q(z[:1]) and not step.folds_q(z[0])
+    out, logdet = step(z, params)
+    for s in range(d):  # one draw at a time: the factors applied in turn
+        out_s, logdet_s = step(z[s], params)
+        assert torch.allclose(out[s], out_s, atol=1e-12, rtol=0)
+        assert torch.allclose(logdet[s], logdet_s, atol=1e-12, rtol=0)
     assert (out - z).abs().max() > 1e-2
 
 
