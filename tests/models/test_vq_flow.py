@@ -44,6 +44,20 @@ def test_chart_membership_follows_the_epsilon_rule(m, eps):
         assert (mask.sum(1) >= m).all()
 
 
+@pytest.mark.parametrize("nearest_always", [True, False])
+def test_chart_membership_ends_at_each_charts_reach(nearest_always):
+    d = torch.rand(300, 5) * 4
+    reach = torch.tensor([1.0, 2.0, 3.0, 0.5, 10.0])
+    mask = chart_membership(d, 2, 0.3, reach, nearest_always=nearest_always)
+    paper = chart_membership(d, 2, 0.3)
+    nearest = torch.nn.functional.one_hot(d.argmin(1), 5).bool()
+    for i in range(len(d)):
+        for k in range(5):
+            within = bool(paper[i, k]) and float(d[i, k]) <= float(reach[k])
+            assert bool(mask[i, k]) == (within or (nearest_always and bool(nearest[i, k])))
+    assert not torch.equal(mask, paper)
+
+
 def test_model_membership_uses_encoder_distances():
     model = VQFlow((3,), num_charts=5, m=2, epsilon=0.25)
     x = torch.randn(50, 3)
@@ -253,6 +267,58 @@ def test_the_density_phase_starts_from_the_charts_share_of_the_training_rows():
     assert asked == [10_000]
     assert torch.allclose(model.log_chart_weights().exp(), share.clamp_min(1e-4) / share.clamp_min(1e-4).sum(),
                           atol=1e-6)
+
+
+def test_the_density_phase_sets_each_charts_reach_and_far_points_fall_to_the_background_chart():
+    model = VQFlow((3,), num_charts=4, m=2, epsilon=0.3, chart_layers=2, hidden_features=8, background_weight=1e-3)
+    _perturb(model.vq, 0.5)
+    rows = torch.randn(3000, 3)
+    assert torch.equal(model.reach, model.unlimited_reach())  # before the density phase: the paper's rule alone
+    model.start_phase("density", lambda n: rows)
+    with torch.no_grad():
+        d = model.vq.distances(rows)
+    paper = chart_membership(d, 2, 0.3)
+    for k in range(4):  # brute force: (1 + ε) times the farthest training row in the chart
+        assert math.isclose(float(model.reach[k]), 1.3 * float(d[paper[:, k], k].max()), rel_tol=1e-6)
+    assert torch.equal(model.membership(rows), paper)  # every training row keeps its charts
+    far = 1e3 * torch.randn(20, 3)  # far from every code: the paper's rule makes it a member of (nearly) all
+    with torch.no_grad():
+        assert chart_membership(model.vq.distances(far), 2, 0.3).sum(1).float().mean() > 2.5
+        assert not model.membership(far).any()
+        assert torch.allclose(model.log_prob(far), model.background_log_density(far))
+    plain = VQFlow((3,), num_charts=4, m=2, epsilon=0.3, chart_layers=2, hidden_features=8)  # no background:
+    plain.load_state_dict(model.state_dict())  # the nearest chart keeps far points
+    assert torch.equal(plain.membership(far), torch.nn.functional.one_hot(
+        model.vq.distances(far).argmin(1), 4).bool())
+
+
+def test_models_saved_before_the_reach_load_with_the_papers_rule():
+    model = VQFlow((3,), num_charts=3, chart_layers=2, hidden_features=8)
+    state = {k: v for k, v in model.state_dict().items() if k != "reach"}
+    model.reach.fill_(1.0)
+    model.load_state_dict(state)
+    assert torch.equal(model.reach, model.unlimited_reach())
+
+
+def test_samples_lie_in_their_own_chart_and_follow_the_normalised_atlas_density():
+    """Rejection: E[x] and E[x²] of the samples equal ∫ x p / ∫ p on a grid (m = 1: mass well below 1)."""
+    model = VQFlow((2,), num_charts=3, m=1, epsilon=0.3, chart_layers=3, hidden_features=16).double()
+    _perturb(model.flow, 0.05)
+    grid, cell = _grid(8.0, 241)
+    with torch.no_grad():
+        p = torch.exp(model.log_prob(grid)) * cell
+        mass = float(p.sum())
+        x, k, z = model.sample_charts(20000)
+        proposals, proposal_k, _ = model.propose(20000)
+    assert 0.05 < mass < 0.95
+    assert model.in_own_chart(x, k).all() and not model.in_own_chart(proposals, proposal_k).all()
+    assert torch.allclose(x, model.generate(z, k))
+    for moment in (x, x**2):
+        expected = (p[:, None] * (grid if moment is x else grid**2)).sum(0) / mass
+        spread = moment.std(0) / math.sqrt(len(moment))
+        assert ((moment.mean(0) - expected).abs() < 4 * spread + 0.01).all()
+    kept_all = proposals.mean(0) - (p[:, None] * grid).sum(0) / mass  # without the rejection: off
+    assert (kept_all.abs() > 4 * proposals.std(0) / math.sqrt(len(proposals))).any()
 
 
 # --------------------------------------------------------------------------- parts
