@@ -9,7 +9,8 @@ seed=S --set threads=1`` and ``mflow evaluate`` in its own process (``--jobs`` a
 ``RUNS/<recipe>_s<S>``. A run folder that already holds an ``evaluation.json`` is reused with ``--reuse``.
 Writes ``RUNS/vq_flow_mnist.md``: per recipe the mean ± standard deviation over the seeds of the test bits/dim
 (mean over all 10,000 test images, median, worst image), the Fréchet distance of classifier features, the charts
-used, the flow's parameter count and the training minutes; then one row per run.
+used, the atlas mass (the share of sampling proposals kept), the flow's parameter count and the training
+minutes; then one row per run.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ SHOWN = (  # (evaluation key, column, format)
     ("worst_test_bits_per_dim", "worst image bits/dim", "{:,.1f}"),
     ("frechet_feature_distance", "FID (classifier features)", "{:.2f}"),
     ("charts_used", "charts used", "{:.0f}"),
+    ("atlas_mass", "atlas mass (samples kept)", "{:.2f}"),
     ("train_minutes", "train min", "{:.1f}"),
 )
 
