@@ -59,7 +59,7 @@ class AtlasModel(ABC):
 
     @abstractmethod
     def sample_charts(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Samples (n, D), their charts k (n,) and latents z (n, d)."""
+        """Samples (n, D) of the atlas density, their charts k (n,) and latents z (n, d)."""
 
 
 class VariationalModel(ABC):
