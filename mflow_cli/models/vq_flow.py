@@ -350,16 +350,16 @@ class VQFlow(Model, AtlasModel):
         proposal is kept. Returns x (n, D), k (n,), z (n, d) as :meth:`propose`.
         """
         kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        have = proposed = accepted = 0
+        proposed = accepted = 0
         for _ in range(self.MAX_PROPOSAL_ROUNDS):
-            if have >= n:
+            if accepted >= n:
                 break
-            count = n - have if accepted == 0 else math.ceil(1.1 * (n - have) * proposed / accepted)
+            count = n if accepted == 0 else math.ceil(1.1 * (n - accepted) * proposed / accepted)
             x, k, z = self.propose(min(count, 10 * n))
             keep = self.in_own_chart(x, k)
-            proposed, accepted, have = proposed + len(k), accepted + int(keep.sum()), have + int(keep.sum())
+            proposed, accepted = proposed + len(k), accepted + int(keep.sum())
             kept.append((x[keep], k[keep], z[keep]))
-        if have < n:
+        if accepted < n:
             raise RuntimeError(f"the atlas kept {accepted} of {proposed} proposals (atlas mass about "
                                f"{accepted / proposed:.1e}): too few to draw {n} samples")
         x, k, z = (torch.cat(parts)[:n] for parts in zip(*kept, strict=True))
