@@ -199,6 +199,35 @@ std::vector<at::Tensor> py_flow_pass_backward(const at::Tensor& g_y, const at::T
   return flow_pass_backward_cpu(g_y, g_logdet, inverse, kinds, tensors, ints, doubles, saved);
 }
 
+// z (N, d) and params (P, K, 2d + 1), contiguous, one floating dtype, on the CPU; N a multiple of P.
+void check_planar_chain(const at::Tensor& z, const at::Tensor& params) {
+  TORCH_CHECK(z.dim() == 2 && params.dim() == 3 && params.size(2) == 2 * z.size(1) + 1,
+              "planar_chain: z (N, d) and params (P, K, 2d + 1)");
+  TORCH_CHECK(params.size(0) > 0 && z.size(0) % params.size(0) == 0, "planar_chain: N must be a multiple of P");
+  TORCH_CHECK(!z.is_cuda() && !params.is_cuda() && z.is_contiguous() && params.is_contiguous() &&
+                  params.scalar_type() == z.scalar_type() &&
+                  (z.scalar_type() == at::kFloat || z.scalar_type() == at::kDouble),
+              "planar_chain: contiguous float32/float64 CPU tensors of one dtype");
+}
+
+std::vector<at::Tensor> py_planar_chain_forward(const at::Tensor& z, const at::Tensor& params, bool save) {
+  check_planar_chain(z, params);
+  return planar_chain_forward_cpu(z, params, save);
+}
+
+std::vector<at::Tensor> py_planar_chain_backward(const at::Tensor& g_out, const at::Tensor& g_logdet,
+                                                 const at::Tensor& saved, const at::Tensor& params) {
+  check_planar_chain(g_out, params);
+  TORCH_CHECK(g_logdet.dim() == 1 && g_logdet.size(0) == g_out.size(0) && g_logdet.is_contiguous() &&
+                  g_logdet.scalar_type() == g_out.scalar_type(),
+              "planar_chain: the log-det gradient must be (N,)");
+  TORCH_CHECK(saved.dim() == 3 && saved.size(0) == g_out.size(0) && saved.size(1) == params.size(1) &&
+                  saved.size(2) == g_out.size(1) && saved.is_contiguous() &&
+                  saved.scalar_type() == g_out.scalar_type(),
+              "planar_chain: the (N, K, d) inputs its forward saved");
+  return planar_chain_backward_cpu(g_out, g_logdet, saved, params);
+}
+
 }  // namespace
 }  // namespace mflow
 
@@ -224,4 +253,6 @@ PYBIND11_MODULE(_C, m) {
   m.def("lu_linear_backward", &mflow::py_lu_linear_backward);
   m.def("flow_pass_forward", &mflow::py_flow_pass_forward);
   m.def("flow_pass_backward", &mflow::py_flow_pass_backward);
+  m.def("planar_chain_forward", &mflow::py_planar_chain_forward);
+  m.def("planar_chain_backward", &mflow::py_planar_chain_backward);
 }

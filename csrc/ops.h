@@ -86,6 +86,11 @@ std::vector<at::Tensor> flow_pass_backward_cpu(const at::Tensor& g_y, const at::
                                                const std::vector<at::Tensor>& tensors,
                                                const std::vector<int64_t>& ints, const std::vector<double>& doubles,
                                                const std::vector<at::Tensor>& saved);
+// K planar steps of a flow-VAE posterior, forward (saving each step's input when asked) and backward
+// (planar_chain.cpp; CPU only).
+std::vector<at::Tensor> planar_chain_forward_cpu(const at::Tensor& z, const at::Tensor& params, bool save);
+std::vector<at::Tensor> planar_chain_backward_cpu(const at::Tensor& g_out, const at::Tensor& g_logdet,
+                                                  const at::Tensor& saved, const at::Tensor& params);
 #ifdef MFLOW_WITH_CUDA
 MFLOW_DECLARE_OPS(cuda)
 #endif

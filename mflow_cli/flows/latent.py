@@ -133,6 +133,13 @@ class PolarFactor(torch.autograd.Function):
         return (grad_u - u @ ut_g) @ p_inverse + u @ (y - y.transpose(1, 2))
 
 
+def planar_u_hat(u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """û = u + (m(wᵀu) − wᵀu) w/‖w‖², m(a) = −1 + softplus(a), over the last dim: wᵀû ≥ −1, so the planar map is
+    invertible (Rezende & Mohamed 2015, appendix A.1)."""
+    wu = (w * u).sum(-1, keepdim=True)
+    return u + (F.softplus(wu) - 1 - wu) * w / (w.pow(2).sum(-1, keepdim=True) + 1e-12)
+
+
 class FlowStep(nn.Module):
     """One step z -> f(z; params, context). ``num_params`` is the length of its per-input parameter vector.
 
@@ -187,12 +194,20 @@ class PlanarStep(FlowStep):
     def forward(self, z, params, context=None):
         d = self.dim
         u, w, b = params[:, :d], params[:, d : 2 * d], params[:, 2 * d]
-        wu = (w * u).sum(-1, keepdim=True)  # (B or 1, ·): per input, broadcast over the draws
-        u_hat = u + (F.softplus(wu) - 1 - wu) * w / (w.pow(2).sum(-1, keepdim=True) + 1e-12)
+        u_hat = planar_u_hat(u, w)  # (B or 1, ·): per input, broadcast over the draws
         a = (w * z).sum(-1) + b
         h = torch.tanh(a)
         psi_u = (1 - h.pow(2)) * (w * u_hat).sum(-1)
         return z + u_hat * h.unsqueeze(-1), torch.log((1 + psi_u).abs() + 1e-12)
+
+    @staticmethod
+    def chain(z: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """K planar steps at once: ``params`` (B or 1, K, 2d + 1), each step's (u, w, b) as :meth:`forward` reads
+        them. One native call with a compiled backward (:func:`mflow_cli.kernels.planar_chain`) instead of a dozen
+        small ops per step; None where that path does not apply (the caller then runs the steps one by one)."""
+        from .. import kernels
+
+        return kernels.planar_chain(z, params)
 
 
 class RadialStep(FlowStep):
@@ -531,6 +546,7 @@ class LatentFlow(nn.Module):
             sylvester_columns=sylvester_columns, sylvester_reflections=sylvester_reflections,
         ))
         self.sizes = [s.num_params for s in self.steps]
+        self.planar = bool(self.steps) and all(isinstance(s, PlanarStep) for s in self.steps)
         self.num_params = sum(self.sizes)
         self.dynamic = (dynamic or kind in AMORTISED_KINDS) and self.num_params > 0
         if not self.dynamic and self.num_params > 0:
@@ -554,6 +570,10 @@ class LatentFlow(nn.Module):
             if self.dynamic:
                 raise ConfigError("a dynamic latent flow needs params from the encoder")
             params = z.new_zeros(1, 0) if self.params is None else self.params.unsqueeze(0)
+        if self.planar:  # every step planar: one call for the chain where the compiled path applies
+            chained = PlanarStep.chain(z, params.view(params.shape[0], self.length, -1))
+            if chained is not None:
+                return chained
         for step, p in zip(self.steps, torch.split(params, self.sizes, dim=-1), strict=True):
             z, ld = step(z, p, context)
             logdet = logdet + ld

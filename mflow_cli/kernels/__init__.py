@@ -8,10 +8,13 @@
 - :func:`flow_tangents`: a whole pass of a coupling stack (its conditioners included) over values and
   tangents in one native call (CPU);
 - :func:`residual_net`, :func:`lu_linear`: nflows' ResidualNet conditioner and LU-linear layer as one autograd
-  node each with a compiled backward (training steps).
+  node each with a compiled backward (training steps);
+- :func:`planar_chain`: a flow-VAE posterior's K planar steps as one autograd node with a compiled backward
+  (CPU).
 
-Each has backward and forward-mode (jvp) rules. Without the extension, or with ``MFLOW_NO_EXT=1``,
-or inside :func:`use_reference`, the same calls run the pure-PyTorch references (:mod:`.reference`).
+The coupling ops and log det(JᵀJ) have backward and forward-mode (jvp) rules. Without the extension, or with
+``MFLOW_NO_EXT=1``, or inside :func:`use_reference`, the same calls run the pure-PyTorch references
+(:mod:`.reference`); the one-node ops return None there and their callers run the layers themselves.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from .ops import (
     logdet_gram,
     lu_linear,
     native_flow_available,
+    planar_chain,
     residual_net,
     rq_coupling,
     rq_coupling_step,
@@ -40,7 +44,7 @@ from .ops import (
 __all__ = [
     "affine_coupling", "affine_coupling_tangents", "backend_info", "can_fuse", "extension_loaded", "flow_pass",
     "flow_pass_available", "flow_tangents",
-    "fused_enabled", "logdet_gram", "lu_linear", "native_flow_available", "residual_net", "rq_coupling",
+    "fused_enabled", "logdet_gram", "lu_linear", "native_flow_available", "planar_chain", "residual_net", "rq_coupling",
     "rq_coupling_step", "rq_coupling_tangents", "tangents_fusable", "use_reference",
 ]
 

@@ -248,3 +248,25 @@ class FlowPassFn(torch.autograd.Function):
         grads = ext.flow_pass_backward(g_y, g_ld, ctx.inverse, kinds, pass_tensors(layout, params), ints, doubles,
                                        ctx.step_saved)
         return (grads[0], None, None, *(grads[1 + i] for i, t in enumerate(layout) if isinstance(t, int)))
+
+
+class PlanarChainFn(torch.autograd.Function):
+    """(z, params, save) -> (z_K, Σ_k log|det|): K planar steps (``csrc/planar_chain.cpp``) as one autograd node;
+    row n of ``z`` (N, d) uses row n % P of ``params`` (P, K, 2d + 1), each step's [u, w, b]. ``save``: keep each
+    step's input for backward (only when a gradient will be asked for)."""
+
+    @staticmethod
+    def forward(ctx, z, params, save):
+        out, logdet, *saved = ext.planar_chain_forward(z, params, save)
+        ctx.save_for_backward(params, *saved)
+        return out, logdet
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_out, g_ld):
+        params, saved = ctx.saved_tensors
+        n, d = saved.shape[0], saved.shape[2]
+        g_out = saved.new_zeros(n, d) if g_out is None else g_out.contiguous()
+        g_ld = saved.new_zeros(n) if g_ld is None else g_ld.contiguous()
+        g_z, g_params = ext.planar_chain_backward(g_out, g_ld, saved, params)
+        return g_z, g_params, None

@@ -282,6 +282,22 @@ def lu_linear(
     return out, log_det
 
 
+def planar_chain(z: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """K planar steps z_k = z_{k−1} + û_k tanh(w_kᵀz_{k−1} + b_k) and Σ_k log|det| in one native call with a compiled
+    backward (``csrc/planar_chain.cpp``), for ``z`` (…, B, d) and per-input parameters ``params`` (B or 1, K, 2d + 1),
+    each step's [u, w, b] as :class:`mflow_cli.flows.latent.PlanarStep` reads them, broadcast over the leading dims
+    of ``z``. None where that path does not apply (no extension, not the CPU, a functorch transform or forward-mode
+    AD active): the caller runs the steps one by one."""
+    if (z.device.type != "cpu" or z.shape[-2] % params.shape[0] or not can_fuse(z, params)
+            or torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0):
+        return None
+    from .functions import PlanarChainFn
+
+    save = _records_grad(z, params)
+    out, logdet = PlanarChainFn.apply(z.reshape(-1, z.shape[-1]).contiguous(), params.contiguous(), save)
+    return out.view(z.shape), logdet.view(z.shape[:-1])
+
+
 def native_flow_available(x: torch.Tensor) -> bool:
     """Whether :func:`flow_tangents` can run a whole coupling-stack pass for ``x`` now (CPU, no grad)."""
     return x.device.type == "cpu" and tangents_fusable(x)
