@@ -4,6 +4,7 @@
     python -m mflow_cli.experiments.flow_vae_mnist recipes/flowvae_mnist40_none.yaml recipes/flowvae_mnist40_iaf.yaml \
         --set train.epochs=100 --set evaluate.max_examples=1000
     python -m mflow_cli.experiments.flow_vae_mnist --cost                # what each row costs, before training it
+    python -m mflow_cli.experiments.flow_vae_mnist --paired              # the gains with their paired s.e.
 
 For each recipe it trains the model into ``--runs/<recipe name>`` with :func:`mflow_cli.app.runs.train_run` (a
 finished run with the same recipe is reused; an unfinished one, or one with a smaller epoch budget, is resumed;
@@ -20,6 +21,12 @@ the plain VAE, the epochs to the best validation ELBO (when the training records
 and the k = 200 importance-weighted bound on 100 images, and writes ``--out/cost.md``: milliseconds per step,
 seconds per epoch of the 50,000 training images, hours for the recipe's epochs, and seconds per 1,000 test
 images at k = 200 (k = 5,000 on all 10,000 costs 250 times that).
+
+``--paired`` trains nothing either: for each recipe whose run is trained it scores every test image with the
+k = 200 bound (a draw stream of its own, ``--paired-seed``; cached in ``--out/paired`` while the model file holds)
+and writes ``--out/paired.md``: each posterior's gain over the plain VAE as the mean of the per-image differences,
+± their standard error (the paired s.e., which leaves out how much harder one test image is than another: the
+table's ± are each model's own spread), and the share of test images the flow scores higher.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from mflow_cli.app.recipe import Recipe, load_recipe
 from mflow_cli.bench import training_step
 from mflow_cli.errors import ConfigError
 from mflow_cli.experiments.common import CommandFailed, run_module
+from mflow_cli.metrics.flow_vae import batched_bounds, standard_error
 
 console = Console()
 
@@ -281,6 +289,68 @@ def cost_rows(paths: list[Path], overrides: list[str], steps: int = 10, rounds: 
     return rows
 
 
+PAIRED_SAMPLES = 200
+"""k of the paired comparison (``--paired``): the k of the table's first bound."""
+
+
+def per_image_bounds(recipe: Recipe, run_dir: Path, cache: Path, seed: int) -> torch.Tensor:
+    """The k = :data:`PAIRED_SAMPLES` bound of every test image (N,) under the run's model, with the draws seeded
+    by ``seed``; reused from ``cache`` while the model file and the seed hold."""
+    key = {"model_mtime_ns": (run_dir / runs.MODEL_FILE).stat().st_mtime_ns, "k": PAIRED_SAMPLES, "seed": seed}
+    if cache.is_file():
+        saved = io.load_torch(cache)
+        if saved.get("key") == key:
+            return saved["bounds"]
+    _, model = runs.load_run(run_dir)
+    options = runs.evaluation(recipe).options(**recipe.evaluate)
+    console.print(f"  scoring every test image of {recipe.name} (k = {PAIRED_SAMPLES})")
+    torch.manual_seed(seed)
+    _, bounds = batched_bounds(model, runs.build_dataset(recipe).test_data(), PAIRED_SAMPLES, options.batch_size)
+    bounds = bounds.double()
+    io.save_torch({"key": key, "bounds": bounds}, cache)
+    return bounds
+
+
+def paired_markdown(bounds: dict[str, tuple[str, int, torch.Tensor]], seed: int) -> str:
+    """Gains over the plain VAE from per-image bounds {recipe: (posterior, parameters, bounds)}: the mean per-image
+    difference ± its standard error, and the share of images the flow scores higher."""
+    plain = next((b for posterior, _, b in bounds.values() if posterior.startswith("none")), None)
+    if plain is None:
+        raise ConfigError("--paired needs the plain VAE's run (flowvae_mnist40_none) among the recipes")
+    header = ["posterior", f"−log p(x), k = {PAIRED_SAMPLES}", "gain over VAE (paired)", "paired s.e.",
+              "images scored higher", "parameters"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for posterior, parameters, b in bounds.values():
+        if b is plain:
+            cells = [posterior, f"{-float(b.mean()):.2f}", "—", "—", "—"]
+        else:
+            diff = b - plain
+            cells = [posterior, f"{-float(b.mean()):.2f}", f"{float(diff.mean()):+.2f}", f"{standard_error(diff):.2f}",
+                     f"{100 * float((diff > 0).double().mean()):.1f}%"]
+        lines.append("| " + " | ".join([*cells, f"{parameters / 1e6:.2f} M"]) + " |")
+    lines += ["", f"{len(plain):,} test images, every model's draws seeded with {seed}; nats. The paired s.e. is "
+              "std / √n of the per-image differences."]
+    return "\n".join(lines) + "\n"
+
+
+def run_paired(paths: list[Path], overrides: list[str], runs_dir: Path, out: Path, seed: int) -> str:
+    """Score every trained run's test images (:func:`per_image_bounds`) and write ``out/paired.md``."""
+    bounds = {}
+    for path in paths:
+        recipe = load_recipe(path, [o for o in overrides if not o.startswith("evaluate.")])
+        run_dir = runs_dir / recipe.name
+        if not (run_dir / runs.MODEL_FILE).is_file():
+            console.print(f"[dim]{recipe.name}: not trained yet, left out[/]")
+            continue
+        values = per_image_bounds(load_recipe(path, overrides), run_dir, out / "paired" / f"{recipe.name}.pt", seed)
+        _, model = runs.load_run(run_dir, "cpu")
+        bounds[recipe.name] = (model.posterior_flow_label, sum(p.numel() for p in model.parameters()), values)
+    markdown = paired_markdown(bounds, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "paired.md").write_text(markdown)
+    return markdown
+
+
 def cost_markdown(rows: list[Cost], threads: int) -> str:
     header = ["recipe", "parameters", "ms / training step", "s / epoch", "hours for its epochs",
               "s / 1,000 test images at k = 200"]
@@ -305,6 +375,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-table", action="store_true", help=argparse.SUPPRESS)  # a --jobs worker
     parser.add_argument("--cost", action="store_true",
                         help="only time each recipe's training step and k = 200 bound (untrained; writes cost.md)")
+    parser.add_argument("--paired", action="store_true",
+                        help="only score every test image of the trained runs and write the gains with their paired "
+                             "standard errors (paired.md)")
+    parser.add_argument("--paired-seed", type=int, default=1, help="seed of the paired comparison's draws")
     args = parser.parse_args(argv)
     paths = args.recipes or [p for p in DEFAULT_RECIPES if p.is_file()]
     if not paths:
@@ -317,6 +391,10 @@ def main(argv: list[str] | None = None) -> None:
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / "cost.md").write_text(markdown)
             console.print(markdown, markup=False, highlight=False)
+            return
+        if args.paired:
+            console.print(run_paired(paths, overrides, args.runs, args.out, args.paired_seed), markup=False,
+                          highlight=False)
             return
         if args.jobs > 1 and len(paths) > 1:
             for path in paths:  # every recipe valid before any process starts
