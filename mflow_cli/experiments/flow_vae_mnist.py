@@ -27,6 +27,7 @@ k = 200 bound (a draw stream of its own, ``--paired-seed``; cached in ``--out/pa
 and writes ``--out/paired.md``: each posterior's gain over the plain VAE as the mean of the per-image differences,
 ± their standard error (the paired s.e., which leaves out how much harder one test image is than another: the
 table's ± are each model's own spread), and the share of test images the flow scores higher.
+``--paired-baseline NAME`` takes the gains against that recipe's run instead (written to ``paired_NAME.md``).
 """
 
 from __future__ import annotations
@@ -311,30 +312,37 @@ def per_image_bounds(recipe: Recipe, run_dir: Path, cache: Path, seed: int) -> t
     return bounds
 
 
-def paired_markdown(bounds: dict[str, tuple[str, int, torch.Tensor]], seed: int) -> str:
-    """Gains over the plain VAE from per-image bounds {recipe: (posterior, parameters, bounds)}: the mean per-image
-    difference ± its standard error, and the share of images the flow scores higher."""
-    plain = next((b for posterior, _, b in bounds.values() if posterior.startswith("none")), None)
-    if plain is None:
-        raise ConfigError("--paired needs the plain VAE's run (flowvae_mnist40_none) among the recipes")
-    header = ["posterior", f"−log p(x), k = {PAIRED_SAMPLES}", "gain over VAE (paired)", "paired s.e.",
+def paired_markdown(bounds: dict[str, tuple[str, int, torch.Tensor]], seed: int, baseline: str | None = None) -> str:
+    """Gains over a baseline run from per-image bounds {recipe: (posterior, parameters, bounds)}: the mean per-image
+    difference ± its standard error, and the share of images scored higher. ``baseline``: a recipe name (default:
+    the plain VAE)."""
+    if baseline is None:
+        baseline = next((name for name, (posterior, _, _) in bounds.items() if posterior.startswith("none")), None)
+    if baseline not in bounds:
+        raise ConfigError(f"--paired needs the baseline's trained run ({baseline or 'flowvae_mnist40_none'}) among the "
+                          "recipes")
+    reference, reference_label = bounds[baseline][2], bounds[baseline][0]
+    short = "VAE" if reference_label.startswith("none") else reference_label
+    header = ["posterior", f"−log p(x), k = {PAIRED_SAMPLES}", f"gain over {short} (paired)", "paired s.e.",
               "images scored higher", "parameters"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for posterior, parameters, b in bounds.values():
-        if b is plain:
+    for name, (posterior, parameters, b) in bounds.items():
+        if name == baseline:
             cells = [posterior, f"{-float(b.mean()):.2f}", "—", "—", "—"]
         else:
-            diff = b - plain
+            diff = b - reference
             cells = [posterior, f"{-float(b.mean()):.2f}", f"{float(diff.mean()):+.2f}", f"{standard_error(diff):.2f}",
                      f"{100 * float((diff > 0).double().mean()):.1f}%"]
         lines.append("| " + " | ".join([*cells, f"{parameters / 1e6:.2f} M"]) + " |")
-    lines += ["", f"{len(plain):,} test images, every model's draws seeded with {seed}; nats. The paired s.e. is "
-              "std / √n of the per-image differences."]
+    lines += ["", f"{len(reference):,} test images, every model's draws seeded with {seed}; nats. The paired s.e. is "
+              f"std / √n of the per-image differences from {reference_label}."]
     return "\n".join(lines) + "\n"
 
 
-def run_paired(paths: list[Path], overrides: list[str], runs_dir: Path, out: Path, seed: int) -> str:
-    """Score every trained run's test images (:func:`per_image_bounds`) and write ``out/paired.md``."""
+def run_paired(paths: list[Path], overrides: list[str], runs_dir: Path, out: Path, seed: int,
+               baseline: str | None = None) -> str:
+    """Score every trained run's test images (:func:`per_image_bounds`) and write ``out/paired.md`` (gains over
+    ``baseline``, a recipe name; default the plain VAE)."""
     bounds = {}
     for path in paths:
         recipe = load_recipe(path, [o for o in overrides if not o.startswith("evaluate.")])
@@ -345,9 +353,9 @@ def run_paired(paths: list[Path], overrides: list[str], runs_dir: Path, out: Pat
         values = per_image_bounds(load_recipe(path, overrides), run_dir, out / "paired" / f"{recipe.name}.pt", seed)
         _, model = runs.load_run(run_dir, "cpu")
         bounds[recipe.name] = (model.posterior_flow_label, sum(p.numel() for p in model.parameters()), values)
-    markdown = paired_markdown(bounds, seed)
+    markdown = paired_markdown(bounds, seed, baseline)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "paired.md").write_text(markdown)
+    (out / ("paired.md" if baseline is None else f"paired_{baseline}.md")).write_text(markdown)
     return markdown
 
 
@@ -379,6 +387,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="only score every test image of the trained runs and write the gains with their paired "
                              "standard errors (paired.md)")
     parser.add_argument("--paired-seed", type=int, default=1, help="seed of the paired comparison's draws")
+    parser.add_argument("--paired-baseline", default=None,
+                        help="the recipe name the paired gains are taken against (default: the plain VAE; writes "
+                             "paired_NAME.md)")
     args = parser.parse_args(argv)
     paths = args.recipes or [p for p in DEFAULT_RECIPES if p.is_file()]
     if not paths:
@@ -393,8 +404,8 @@ def main(argv: list[str] | None = None) -> None:
             console.print(markdown, markup=False, highlight=False)
             return
         if args.paired:
-            console.print(run_paired(paths, overrides, args.runs, args.out, args.paired_seed), markup=False,
-                          highlight=False)
+            console.print(run_paired(paths, overrides, args.runs, args.out, args.paired_seed,
+                                     args.paired_baseline), markup=False, highlight=False)
             return
         if args.jobs > 1 and len(paths) > 1:
             for path in paths:  # every recipe valid before any process starts

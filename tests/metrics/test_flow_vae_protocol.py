@@ -277,7 +277,7 @@ def test_paired_mode_scores_every_test_image_and_reports_the_paired_gain(tmp_pat
         recipes.append(path)
     overrides = [f"data.path={tiny_mnist}", "data.n_validation=20", "train.epochs=1", "train.batch_size=50",
                  "evaluate.tight_iw_samples=null", "threads=1"]
-    with pytest.raises(experiment.ConfigError, match="plain VAE"):  # nothing trained yet: no plain VAE to pair with
+    with pytest.raises(experiment.ConfigError, match="flowvae_mnist40_none"):  # nothing trained: no plain VAE
         experiment.run_paired(recipes, overrides, tmp_path / "runs", tmp_path / "out", seed=3)
     experiment.run_experiment(recipes, overrides, tmp_path / "runs", tmp_path / "out", force=False)
     table = experiment.run_paired(recipes, overrides, tmp_path / "runs", tmp_path / "out", seed=3)
@@ -299,3 +299,10 @@ def test_paired_mode_scores_every_test_image_and_reports_the_paired_gain(tmp_pat
     stamp = (tmp_path / "out" / "paired" / "tiny_none.pt").stat().st_mtime_ns
     assert experiment.run_paired(recipes, overrides, tmp_path / "runs", tmp_path / "out", seed=3) == table
     assert (tmp_path / "out" / "paired" / "tiny_none.pt").stat().st_mtime_ns == stamp  # reused, not rescored
+    against_planar = experiment.run_paired(recipes, overrides, tmp_path / "runs", tmp_path / "out", seed=3,
+                                           baseline="tiny_planar")
+    row = next(line for line in against_planar.splitlines() if line.startswith("| none"))
+    assert [c.strip() for c in row.split("|")[1:-1]][2] == f"{-float(diff.mean()):+.2f}"
+    assert (tmp_path / "out" / "paired_tiny_planar.md").read_text() == against_planar
+    with pytest.raises(experiment.ConfigError, match="tiny_radial"):
+        experiment.run_paired(recipes, overrides, tmp_path / "runs", tmp_path / "out", seed=3, baseline="tiny_radial")
