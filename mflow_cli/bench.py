@@ -3,7 +3,8 @@
 Each row names its baseline (``baseline``; the kernel rows also say it in their name):
 
 - kernel rows: the fused op (``mflow_cli._C``) vs the pure-PyTorch reference (nflows' own spline code,
-  nflows' affine formula, ``torch.linalg.cholesky`` of JᵀJ), the reference inside
+  nflows' affine formula, ``torch.linalg.cholesky`` of JᵀJ, a flow-VAE's planar steps one by one as PyTorch
+  ops), the reference inside
   :func:`mflow_cli.kernels.use_reference`, which is also how the fused layers fall back to nflows;
 - flow rows: mflow's 9-step RQ coupling flow vs the same flow on nflows' transforms (same weights), and
   vs ``zuko.flows.NSF`` (9 spline coupling transforms of the same width; the ``bench`` extra), the peer
@@ -179,6 +180,15 @@ def kernel_rows(
         j = randn(b, n, d)
         rows += _compare("log det(JᵀJ)", f"{b}×{n}×{d}", lambda a: (kernels.logdet_gram(a),), (j,), repeats, dev,
                          "torch.linalg")
+    if dev.type == "cpu":  # the planar chain is CPU-only (CUDA tensors run the steps one by one on both sides)
+        from .flows.latent import LatentFlow
+
+        for draws, n, d, k in [((), 8, 4, 3)] if quick else [((), 100, 40, 80), ((20,), 100, 40, 80),
+                                                                 ((200,), 25, 40, 80)]:  # the last: the size rule
+            flow = LatentFlow("planar", d, k, dynamic=True).to(dtype)
+            z, p = randn(*draws, n, d), flow.init_params().to(dtype)[None] + randn(n, flow.num_params, scale=0.1)
+            rows += _compare(f"planar chain (K={k})", "×".join(map(str, (*draws, n, d))),
+                             lambda a, b, f=flow: f(a, b), (z, p), repeats, dev, "PyTorch ops per step")
     return rows
 
 

@@ -88,6 +88,9 @@ def test_the_chain_takes_the_compiled_path_only_where_it_applies():
     with kernels.use_reference():
         assert PlanarStep.chain(z, params) is None
     assert PlanarStep.chain(torch.randn(3, 4), params) is None  # rows that match no parameter row
+    rows = kernels.ops.PLANAR_CHAIN_MAX_ROWS
+    assert PlanarStep.chain(torch.randn(rows // 5, 5, 4), params) is not None
+    assert PlanarStep.chain(torch.randn(rows // 5 + 1, 5, 4), params) is None  # the size rule: PyTorch's ops
     with torch.no_grad():  # evaluation: nothing saved, the same numbers
         out, logdet = PlanarStep.chain(z, params)
     with kernels.use_reference():
