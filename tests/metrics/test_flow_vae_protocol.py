@@ -174,18 +174,25 @@ def test_n_validation_must_leave_training_images(tiny_mnist):
 # --------------------------------------------------------------------------- the experiment command
 
 
+def tiny_recipes(tmp_path, flows: tuple[str, ...], **model) -> list:
+    """``recipes/flowvae_mnist40_none.yaml`` shrunk to a 2-D latent and 16 hidden units, once per posterior flow
+    (2 steps unless none), written to ``tmp_path/tiny_FLOW.yaml``; ``model``: more model keys."""
+    doc = yaml.safe_load(open("recipes/flowvae_mnist40_none.yaml"))
+    paths = []
+    for flow in flows:
+        doc = {**doc, "name": f"tiny_{flow}",
+               "model": {**doc["model"], "posterior_flow": flow, "posterior_layers": 2 * (flow != "none"),
+                         "latent_dim": 2, "hidden": [16], "kl_warmup_steps": 4, **model}}
+        path = tmp_path / f"tiny_{flow}.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        paths.append(path)
+    return paths
+
+
 def test_experiment_trains_reuses_and_tabulates(tmp_path, tiny_mnist):
     from mflow_cli.experiments import flow_vae_mnist as experiment
 
-    doc = yaml.safe_load(open("recipes/flowvae_mnist40_none.yaml"))
-    recipes = []
-    for flow in ("none", "iaf"):
-        doc = {**doc, "name": f"tiny_{flow}",
-               "model": {**doc["model"], "posterior_flow": flow, "posterior_layers": 2 * (flow != "none"),
-                         "latent_dim": 2, "hidden": [16], "iaf_hidden": 8, "kl_warmup_steps": 4}}
-        path = tmp_path / f"{flow}.yaml"
-        path.write_text(yaml.safe_dump(doc))
-        recipes.append(path)
+    recipes = tiny_recipes(tmp_path, ("none", "iaf"), iaf_hidden=8)
     overrides = [f"data.path={tiny_mnist}", "data.n_validation=20", "train.epochs=2", "train.batch_size=50",
                  "evaluate.iw_samples=4", "evaluate.tight_iw_samples=16", "threads=1"]
     rows = experiment.run_experiment(recipes, overrides, tmp_path / "runs", tmp_path / "out", force=False)
@@ -234,15 +241,7 @@ def test_jobs_train_each_recipe_in_its_own_process_then_tabulate(tmp_path, tiny_
     once by the parent from the workers' runs and cached evaluations; a bad recipe stops everything first."""
     from mflow_cli.experiments import flow_vae_mnist as experiment
 
-    doc = yaml.safe_load(open("recipes/flowvae_mnist40_none.yaml"))
-    recipes = []
-    for flow in ("none", "planar"):
-        doc = {**doc, "name": f"tiny_{flow}",
-               "model": {**doc["model"], "posterior_flow": flow, "posterior_layers": 2 * (flow != "none"),
-                         "latent_dim": 2, "hidden": [16], "kl_warmup_steps": 4}}
-        path = tmp_path / f"tiny_{flow}.yaml"
-        path.write_text(yaml.safe_dump(doc))
-        recipes.append(str(path))
+    recipes = [str(path) for path in tiny_recipes(tmp_path, ("none", "planar"))]
     sets = [f"--set={o}" for o in (f"data.path={tiny_mnist}", "data.n_validation=20", "train.epochs=1",
                                    "train.batch_size=50", "evaluate.iw_samples=4", "evaluate.tight_iw_samples=8")]
     out, runs_dir = tmp_path / "out", tmp_path / "runs"
@@ -266,15 +265,7 @@ def test_paired_mode_scores_every_test_image_and_reports_the_paired_gain(tmp_pat
     from mflow_cli.experiments import flow_vae_mnist as experiment
     from mflow_cli.metrics.flow_vae import batched_bounds
 
-    doc = yaml.safe_load(open("recipes/flowvae_mnist40_none.yaml"))
-    recipes = []
-    for flow in ("none", "planar"):
-        doc = {**doc, "name": f"tiny_{flow}",
-               "model": {**doc["model"], "posterior_flow": flow, "posterior_layers": 2 * (flow != "none"),
-                         "latent_dim": 2, "hidden": [16], "kl_warmup_steps": 4}}
-        path = tmp_path / f"{flow}.yaml"
-        path.write_text(yaml.safe_dump(doc))
-        recipes.append(path)
+    recipes = tiny_recipes(tmp_path, ("none", "planar"))
     overrides = [f"data.path={tiny_mnist}", "data.n_validation=20", "train.epochs=1", "train.batch_size=50",
                  "evaluate.tight_iw_samples=null", "threads=1"]
     with pytest.raises(experiment.ConfigError, match="flowvae_mnist40_none"):  # nothing trained: no plain VAE
