@@ -284,8 +284,9 @@ def lu_linear(
 
 PLANAR_CHAIN_MAX_ROWS = 4096
 """Rows up to which :func:`planar_chain` runs the native chain. The chain's tanh and log are scalar calls per row
-and step; over more rows PyTorch's per-step ops on whole tensors (SLEEF-vectorised) catch up (``mflow bench``: 8×
-faster at 100 rows, 2× at 2,000, even at 5,000), so beyond this the steps run one by one."""
+and step; over more rows PyTorch's per-step ops on whole tensors (SLEEF-vectorised) catch up (``mflow bench``, the
+chain against them: 6–8× at 100 rows, 1.6–1.7× at 2,000, parity at 5,000), so beyond this the steps run one by
+one."""
 
 
 def planar_chain(z: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -294,7 +295,8 @@ def planar_chain(z: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, t
     each step's [u, w, b] as :class:`mflow_cli.flows.latent.PlanarStep` reads them, broadcast over the leading dims
     of ``z``. None where that path does not apply (no extension, not the CPU, a functorch transform or forward-mode
     AD active, more than :data:`PLANAR_CHAIN_MAX_ROWS` rows): the caller runs the steps one by one."""
-    if (z.device.type != "cpu" or z.shape[-2] % params.shape[0] or z.numel() > PLANAR_CHAIN_MAX_ROWS * z.shape[-1]
+    if (z.device.type != "cpu" or params.shape[0] not in (1, z.shape[-2])
+            or z.numel() > PLANAR_CHAIN_MAX_ROWS * z.shape[-1]
             or not can_fuse(z, params)
             or torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0):
         return None

@@ -69,7 +69,7 @@ def test_fused_chain_in_float32_agrees_to_rounding():
 @pytest.mark.parametrize("draws", [1, 3])
 def test_fused_chain_gradcheck(draws):
     torch.manual_seed(1)
-    z = torch.randn(2 * draws, 3, dtype=torch.float64, requires_grad=True)
+    z = torch.randn(draws, 2, 3, dtype=torch.float64, requires_grad=True)
     params = torch.randn(2, 4, 7, dtype=torch.float64, requires_grad=True)
 
     def chain(z, params):
@@ -88,6 +88,7 @@ def test_the_chain_takes_the_compiled_path_only_where_it_applies():
     with kernels.use_reference():
         assert PlanarStep.chain(z, params) is None
     assert PlanarStep.chain(torch.randn(3, 4), params) is None  # rows that match no parameter row
+    assert PlanarStep.chain(torch.randn(10, 4), params) is None  # nor do 10 inputs with 5 parameter rows
     rows = kernels.ops.PLANAR_CHAIN_MAX_ROWS
     assert PlanarStep.chain(torch.randn(rows // 5, 5, 4), params) is not None
     assert PlanarStep.chain(torch.randn(rows // 5 + 1, 5, 4), params) is None  # the size rule: PyTorch's ops
