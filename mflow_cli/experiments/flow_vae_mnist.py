@@ -294,15 +294,14 @@ PAIRED_SAMPLES = 200
 """k of the paired comparison (``--paired``): the k of the table's first bound."""
 
 
-def per_image_bounds(recipe: Recipe, run_dir: Path, cache: Path, seed: int) -> torch.Tensor:
-    """The k = :data:`PAIRED_SAMPLES` bound of every test image (N,) under the run's model, with the draws seeded
-    by ``seed``; reused from ``cache`` while the model file and the seed hold."""
+def per_image_bounds(recipe: Recipe, model: torch.nn.Module, run_dir: Path, cache: Path, seed: int) -> torch.Tensor:
+    """The k = :data:`PAIRED_SAMPLES` bound of every test image (N,) under ``model`` (the run's), with the draws
+    seeded by ``seed``; reused from ``cache`` while the run's model file and the seed hold."""
     key = {"model_mtime_ns": (run_dir / runs.MODEL_FILE).stat().st_mtime_ns, "k": PAIRED_SAMPLES, "seed": seed}
     if cache.is_file():
         saved = io.load_torch(cache)
         if saved.get("key") == key:
             return saved["bounds"]
-    _, model = runs.load_run(run_dir)
     options = runs.evaluation(recipe).options(**recipe.evaluate)
     console.print(f"  scoring every test image of {recipe.name} (k = {PAIRED_SAMPLES})")
     torch.manual_seed(seed)
@@ -345,13 +344,13 @@ def run_paired(paths: list[Path], overrides: list[str], runs_dir: Path, out: Pat
     ``baseline``, a recipe name; default the plain VAE)."""
     bounds = {}
     for path in paths:
-        recipe = load_recipe(path, [o for o in overrides if not o.startswith("evaluate.")])
+        recipe = load_recipe(path, overrides)
         run_dir = runs_dir / recipe.name
         if not (run_dir / runs.MODEL_FILE).is_file():
             console.print(f"[dim]{recipe.name}: not trained yet, left out[/]")
             continue
-        values = per_image_bounds(load_recipe(path, overrides), run_dir, out / "paired" / f"{recipe.name}.pt", seed)
-        _, model = runs.load_run(run_dir, "cpu")
+        _, model = runs.load_run(run_dir)  # the recipe's device, as the evaluation uses
+        values = per_image_bounds(recipe, model, run_dir, out / "paired" / f"{recipe.name}.pt", seed)
         bounds[recipe.name] = (model.posterior_flow_label, sum(p.numel() for p in model.parameters()), values)
     markdown = paired_markdown(bounds, seed, baseline)
     out.mkdir(parents=True, exist_ok=True)
