@@ -6,8 +6,10 @@ different from the stochastic one); the experiment command on a tiny MNIST."""
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -297,3 +299,14 @@ def test_paired_mode_scores_every_test_image_and_reports_the_paired_gain(tmp_pat
     assert (tmp_path / "out" / "paired_tiny_planar.md").read_text() == against_planar
     with pytest.raises(experiment.ConfigError, match="tiny_radial"):
         experiment.run_paired(recipes, overrides, tmp_path / "runs", tmp_path / "out", seed=3, baseline="tiny_radial")
+
+
+@pytest.mark.parametrize("path", sorted(Path("recipes").glob("flowvae_mnist40_*.yaml")), ids=lambda p: p.stem)
+def test_paper_scale_recipes_state_their_parameter_count(path, tiny_mnist):
+    """Each ``flowvae_mnist40_*`` recipe's "Parameters: X M in all" comment is its model's count (to 0.01 M),
+    so the equal-size comparisons the comments claim hold."""
+    stated = re.search(r"^# Parameters: ([0-9.]+) M in all", path.read_text(), re.MULTILINE)
+    assert stated, f"{path} states no parameter count"
+    model = runs.build_model(load_recipe(path, [f"data.path={tiny_mnist}"]), (1, 28, 28))
+    count = sum(p.numel() for p in model.parameters())
+    assert round(count / 1e6, 2) == float(stated.group(1)), (path.stem, count)
