@@ -140,6 +140,11 @@ def evaluate_cached(recipe: Recipe, run_dir: Path, cache: Path) -> dict[str, Any
     return metrics
 
 
+def _signed(value: float) -> str:
+    """``value`` to two decimals with its sign, the minus as the README's "−" (U+2212)."""
+    return f"{value:+.2f}".replace("-", "−")
+
+
 def _nats(metrics: dict, key: str) -> str:
     value, se = metrics.get(key), metrics.get(f"{key}_se")
     if value is None:
@@ -160,7 +165,7 @@ def table_rows(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
         gain = "–"
         if plain is not None and r is not plain and None not in (m.get("test_iw_log_likelihood"),
                                                                    plain.metrics.get("test_iw_log_likelihood")):
-            gain = f"{m['test_iw_log_likelihood'] - plain.metrics['test_iw_log_likelihood']:+.2f}"
+            gain = _signed(m["test_iw_log_likelihood"] - plain.metrics["test_iw_log_likelihood"])
         best = f"{r.best_epoch} of {r.epochs}" if r.best_epoch is not None else f"fixed budget ({r.epochs})"
         train_min = f"{r.train_minutes:.1f}" if r.train_minutes is not None else "–"
         eval_min = f"{m['evaluation_seconds'] / 60:.1f}" if m.get("evaluation_seconds") is not None else "–"
@@ -330,7 +335,7 @@ def paired_markdown(bounds: dict[str, tuple[str, int, torch.Tensor]], seed: int,
             cells = [posterior, f"{-float(b.mean()):.2f}", "—", "—", "—"]
         else:
             diff = b - reference
-            cells = [posterior, f"{-float(b.mean()):.2f}", f"{float(diff.mean()):+.2f}", f"{standard_error(diff):.2f}",
+            cells = [posterior, f"{-float(b.mean()):.2f}", _signed(float(diff.mean())), f"{standard_error(diff):.2f}",
                      f"{100 * float((diff > 0).double().mean()):.1f}%"]
         lines.append("| " + " | ".join([*cells, f"{parameters / 1e6:.2f} M"]) + " |")
     lines += ["", f"{len(reference):,} test images, every model's draws seeded with {seed}; nats. The paired s.e. is "

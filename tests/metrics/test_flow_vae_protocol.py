@@ -286,7 +286,8 @@ def test_paired_mode_scores_every_test_image_and_reports_the_paired_gain(tmp_pat
     diff = cached["planar"] - cached["none"]
     row = next(line for line in table.splitlines() if line.startswith("| planar"))
     cells = [c.strip() for c in row.split("|")[1:-1]]
-    assert cells[2] == f"{float(diff.mean()):+.2f}" and cells[3] == f"{float(diff.std() / len(diff) ** 0.5):.2f}"
+    assert cells[2] == f"{float(diff.mean()):+.2f}".replace("-", "−")
+    assert cells[3] == f"{float(diff.std() / len(diff) ** 0.5):.2f}"
     assert cells[4] == f"{100 * float((diff > 0).double().mean()):.1f}%"
 
     stamp = (tmp_path / "out" / "paired" / "tiny_none.pt").stat().st_mtime_ns
@@ -295,7 +296,7 @@ def test_paired_mode_scores_every_test_image_and_reports_the_paired_gain(tmp_pat
     against_planar = experiment.run_paired(recipes, overrides, tmp_path / "runs", tmp_path / "out", seed=3,
                                            baseline="tiny_planar")
     row = next(line for line in against_planar.splitlines() if line.startswith("| none"))
-    assert [c.strip() for c in row.split("|")[1:-1]][2] == f"{-float(diff.mean()):+.2f}"
+    assert [c.strip() for c in row.split("|")[1:-1]][2] == f"{-float(diff.mean()):+.2f}".replace("-", "−")  # U+2212
     assert (tmp_path / "out" / "paired_tiny_planar.md").read_text() == against_planar
     with pytest.raises(experiment.ConfigError, match="tiny_radial"):
         experiment.run_paired(recipes, overrides, tmp_path / "runs", tmp_path / "out", seed=3, baseline="tiny_radial")
