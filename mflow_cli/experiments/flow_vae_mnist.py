@@ -26,8 +26,10 @@ images at k = 200 (k = 5,000 on all 10,000 costs 250 times that).
 k = 200 bound (a draw stream of its own, ``--paired-seed``; cached in ``--out/paired`` while the model file holds)
 and writes ``--out/paired.md``: each posterior's gain over the plain VAE as the mean of the per-image differences,
 ± their standard error (the paired s.e., which leaves out how much harder one test image is than another: the
-table's ± are each model's own spread), and the share of test images the flow scores higher.
-``--paired-baseline NAME`` takes the gains against that recipe's run instead (written to ``paired_NAME.md``).
+table's ± are each model's own spread), and the share of test images the flow scores higher; ``--out/paired.png``
+draws those gains against each model's parameter count (one line per flow family, so posteriors of equal size
+stand one above another). ``--paired-baseline NAME`` takes the gains against that recipe's run instead (written
+to ``paired_NAME.md`` and ``paired_NAME.png``).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from mflow_cli.bench import training_step
 from mflow_cli.errors import ConfigError
 from mflow_cli.experiments.common import CommandFailed, run_module
 from mflow_cli.metrics.flow_vae import batched_bounds, standard_error
+from mflow_cli.plots.flow_vae import paired_gains_figure
 
 console = Console()
 
@@ -316,29 +319,56 @@ def per_image_bounds(recipe: Recipe, model: torch.nn.Module, run_dir: Path, cach
     return bounds
 
 
-def paired_markdown(bounds: dict[str, tuple[str, int, torch.Tensor]], seed: int, baseline: str | None = None) -> str:
-    """Gains over a baseline run from per-image bounds {recipe: (posterior, parameters, bounds)}: the mean per-image
-    difference ± its standard error, and the share of images scored higher. ``baseline``: a recipe name (default:
-    the plain VAE)."""
+@dataclass
+class PairedGain:
+    """One run's row of the paired comparison (``--paired``): its mean k = :data:`PAIRED_SAMPLES` bound and,
+    except for the baseline itself, the mean per-image difference from the baseline's bounds."""
+
+    recipe: str
+    posterior: str
+    parameters: int
+    nats: float  # −log p(x), the mean over the test images
+    gain: float | None = None  # mean per-image bound − the baseline's (nats; positive is better)
+    se: float | None = None  # std / √n of those differences
+    share_higher: float | None = None  # share of the images the run scores higher than the baseline
+
+
+def paired_gains(bounds: dict[str, tuple[str, int, torch.Tensor]], baseline: str | None = None
+                 ) -> tuple[str, list[PairedGain]]:
+    """The baseline's posterior label and a :class:`PairedGain` per run, from per-image bounds
+    {recipe: (posterior, parameters, bounds)}. ``baseline``: a recipe name (default: the plain VAE)."""
     if baseline is None:
         baseline = next((name for name, (posterior, _, _) in bounds.items() if posterior.startswith("none")), None)
     if baseline not in bounds:
         raise ConfigError(f"--paired needs the baseline's trained run ({baseline or 'flowvae_mnist40_none'}) among the "
                           "recipes")
-    reference, reference_label = bounds[baseline][2], bounds[baseline][0]
+    reference = bounds[baseline][2]
+    gains = []
+    for name, (posterior, parameters, b) in bounds.items():
+        row = PairedGain(name, posterior, parameters, -float(b.mean()))
+        if name != baseline:
+            diff = b - reference
+            row.gain, row.se = float(diff.mean()), standard_error(diff)
+            row.share_higher = float((diff > 0).double().mean())
+        gains.append(row)
+    return bounds[baseline][0], gains
+
+
+def paired_markdown(bounds: dict[str, tuple[str, int, torch.Tensor]], seed: int, baseline: str | None = None) -> str:
+    """Gains over a baseline run (:func:`paired_gains`) as a Markdown table: the mean per-image difference ± its
+    standard error, and the share of images scored higher."""
+    reference_label, gains = paired_gains(bounds, baseline)
     short = "VAE" if reference_label.startswith("none") else reference_label
     header = ["posterior", f"−log p(x), k = {PAIRED_SAMPLES}", f"gain over {short} (paired)", "paired s.e.",
               "images scored higher", "parameters"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, (posterior, parameters, b) in bounds.items():
-        if name == baseline:
-            cells = [posterior, f"{-float(b.mean()):.2f}", "—", "—", "—"]
-        else:
-            diff = b - reference
-            cells = [posterior, f"{-float(b.mean()):.2f}", _signed(float(diff.mean())), f"{standard_error(diff):.2f}",
-                     f"{100 * float((diff > 0).double().mean()):.1f}%"]
-        lines.append("| " + " | ".join([*cells, f"{parameters / 1e6:.2f} M"]) + " |")
-    lines += ["", f"{len(reference):,} test images, every model's draws seeded with {seed}; nats. The paired s.e. is "
+    for row in gains:
+        cells = [row.posterior, f"{row.nats:.2f}", "—", "—", "—"]
+        if row.gain is not None:
+            cells[2:] = [_signed(row.gain), f"{row.se:.2f}", f"{100 * row.share_higher:.1f}%"]
+        lines.append("| " + " | ".join([*cells, f"{row.parameters / 1e6:.2f} M"]) + " |")
+    n = len(next(iter(bounds.values()))[2])
+    lines += ["", f"{n:,} test images, every model's draws seeded with {seed}; nats. The paired s.e. is "
               f"std / √n of the per-image differences from {reference_label}."]
     return "\n".join(lines) + "\n"
 
@@ -358,8 +388,12 @@ def run_paired(paths: list[Path], overrides: list[str], runs_dir: Path, out: Pat
         values = per_image_bounds(recipe, model, run_dir, out / "paired" / f"{recipe.name}.pt", seed)
         bounds[recipe.name] = (model.posterior_flow_label, sum(p.numel() for p in model.parameters()), values)
     markdown = paired_markdown(bounds, seed, baseline)
+    reference_label, gains = paired_gains(bounds, baseline)
     out.mkdir(parents=True, exist_ok=True)
-    (out / ("paired.md" if baseline is None else f"paired_{baseline}.md")).write_text(markdown)
+    stem = "paired" if baseline is None else f"paired_{baseline}"
+    (out / f"{stem}.md").write_text(markdown)
+    paired_gains_figure([(g.posterior, g.parameters, g.gain or 0.0, g.se or 0.0) for g in gains], reference_label,
+                        PAIRED_SAMPLES, out / f"{stem}.png")
     return markdown
 
 

@@ -153,6 +153,11 @@ class FlowStep(nn.Module):
         super().__init__()
         self.dim = dim
 
+    @property
+    def size_note(self) -> str:
+        """What sizes the step beyond d, for labels (``, M = 20``); empty for most kinds."""
+        return ""
+
     def init_params(self) -> torch.Tensor:
         """A parameter vector close to the identity map, for static flows."""
         return 0.01 * torch.randn(self.num_params)
@@ -437,6 +442,12 @@ class SylvesterStep(FlowStep):
         self.num_params = sum(self.sizes)
         self.register_buffer("upper", torch.ones(m, m).triu(1), persistent=False)
 
+    @property
+    def size_note(self) -> str:
+        if self.variant == "orthogonal":
+            return f", M = {self.columns}"
+        return f", {self.reflections} reflections" if self.variant == "householder" else ""
+
     def init_params(self) -> torch.Tensor:
         """Near the identity: small off-diagonals, r_ii = r̃_ii = 0, b = 0; a random (non-degenerate) Q."""
         m = self.columns
@@ -553,6 +564,12 @@ class LatentFlow(nn.Module):
             self.params = nn.Parameter(self.init_params())
         else:
             self.register_parameter("params", None)
+
+    @property
+    def label(self) -> str:
+        """What the flow is, for tables and figures: ``planar, K = 10``, ``sylvester_orthogonal, K = 8, M = 20``,
+        ``none`` without steps."""
+        return f"{self.kind}, K = {self.length}{self.steps[0].size_note}" if self.steps else "none"
 
     def init_params(self) -> torch.Tensor:
         """A vector the dynamic head's bias can start from (near-identity flow)."""

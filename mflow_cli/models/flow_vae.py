@@ -193,7 +193,7 @@ class FlowVAE(Model, VariationalModel):
 
     @property
     def posterior_flow_label(self) -> str:
-        return f"{self.flow.kind}, K = {self.flow.length}" if self.flow.length else "none (plain VAE)"
+        return self.flow.label if self.flow.length else "none (plain VAE)"
 
     def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Decoder outputs, flat (B, D): Bernoulli logits, or mean and log-scale."""

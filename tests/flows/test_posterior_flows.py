@@ -82,6 +82,17 @@ def test_sylvester_flows_are_amortised_and_iaf_reads_the_context():
     assert (a - b).abs().max() > 1e-2
 
 
+def test_labels_name_what_sizes_each_flow():
+    """Tables tell two Sylvester flows of the same K apart by M or by the reflections (the steps' own sizes)."""
+    assert LatentFlow("planar", 5, 3).label == "planar, K = 3"
+    assert LatentFlow("sylvester_orthogonal", 5, 2, sylvester_columns=3).label == "sylvester_orthogonal, K = 2, M = 3"
+    assert LatentFlow("sylvester_orthogonal", 5, 2).label == "sylvester_orthogonal, K = 2, M = 5"  # M = d by default
+    assert (LatentFlow("sylvester_householder", 5, 2, sylvester_reflections=4).label
+            == "sylvester_householder, K = 2, 4 reflections")
+    assert LatentFlow("sylvester_triangular", 5, 2).label == "sylvester_triangular, K = 2"
+    assert LatentFlow("none", 5, 0).label == "none"
+
+
 @pytest.mark.parametrize("reverse", [False, True])
 def test_iaf_step_is_autoregressive_with_gate_diagonal_and_inverts(reverse):
     """∂z'_i/∂z_j = 0 beyond the ordering, the diagonal is σ_i (Kingma et al. 2016, eq. 12); inverse(f(z)) = z."""

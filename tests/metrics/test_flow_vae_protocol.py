@@ -275,6 +275,7 @@ def test_paired_mode_scores_every_test_image_and_reports_the_paired_gain(tmp_pat
     experiment.run_experiment(recipes, overrides, tmp_path / "runs", tmp_path / "out", force=False)
     table = experiment.run_paired(recipes, overrides, tmp_path / "runs", tmp_path / "out", seed=3)
     assert (tmp_path / "out" / "paired.md").read_text() == table
+    assert (tmp_path / "out" / "paired.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the gains against size
 
     cached = {flow: torch.load(tmp_path / "out" / "paired" / f"tiny_{flow}.pt", weights_only=True)["bounds"]
               for flow in ("none", "planar")}
@@ -298,6 +299,7 @@ def test_paired_mode_scores_every_test_image_and_reports_the_paired_gain(tmp_pat
     row = next(line for line in against_planar.splitlines() if line.startswith("| none"))
     assert [c.strip() for c in row.split("|")[1:-1]][2] == f"{-float(diff.mean()):+.2f}".replace("-", "−")  # U+2212
     assert (tmp_path / "out" / "paired_tiny_planar.md").read_text() == against_planar
+    assert (tmp_path / "out" / "paired_tiny_planar.png").is_file()
     with pytest.raises(experiment.ConfigError, match="tiny_radial"):
         experiment.run_paired(recipes, overrides, tmp_path / "runs", tmp_path / "out", seed=3, baseline="tiny_radial")
 
