@@ -30,7 +30,8 @@ def _autograd_jacobians(fn, z: torch.Tensor) -> torch.Tensor:
     ])
 
 
-def _flow_and_inputs(kind: str, dim: int, columns: int | None, batch: int = 6, seed: int = 0):
+def _flow_and_inputs(kind: str, dim: int, columns: int | None, batch: int = 6, seed: int = 0,
+                     device: torch.device | str = "cpu"):
     """A 3-step flow of ``kind`` in float64 with generic (far from identity) parameters, z, params and context."""
     torch.manual_seed(seed)
     flow = LatentFlow(kind, dim, 3, context_features=CONTEXT, iaf_hidden=8, sylvester_columns=columns,
@@ -41,7 +42,7 @@ def _flow_and_inputs(kind: str, dim: int, columns: int | None, batch: int = 6, s
     z = 1.5 * torch.randn(batch, dim, dtype=torch.float64)
     params = 1.5 * torch.randn(batch, flow.num_params, dtype=torch.float64) if flow.dynamic else None
     context = torch.randn(batch, CONTEXT, dtype=torch.float64)
-    return flow, z, params, context
+    return (flow.to(device), z.to(device), None if params is None else params.to(device), context.to(device))
 
 
 CASES = [("iaf", d, None) for d in (1, 2, 5)] + [
@@ -52,8 +53,8 @@ CASES = [("iaf", d, None) for d in (1, 2, 5)] + [
 
 
 @pytest.mark.parametrize("kind,dim,columns", CASES)
-def test_logdet_matches_autograd_jacobian(kind, dim, columns):
-    flow, z, params, context = _flow_and_inputs(kind, dim, columns)
+def test_logdet_matches_autograd_jacobian(kind, dim, columns, device):
+    flow, z, params, context = _flow_and_inputs(kind, dim, columns, device=device)
 
     def fn(v, i):
         return flow(v, None if params is None else params[i : i + 1], context[i : i + 1])[0]
@@ -141,19 +142,19 @@ def test_orthogonal_sylvester_q_is_the_polar_factor_and_householder_q_the_reflec
 def _bjorck_polar_factor(q: torch.Tensor, steps: int = 60) -> torch.Tensor:
     """The iterative procedure of van den Berg et al. (eq. 20) from Q/‖Q‖_F, differentiated by autograd."""
     q = q / q.flatten(1).norm(dim=1)[:, None, None]
-    eye = torch.eye(q.shape[-1], dtype=q.dtype)
+    eye = torch.eye(q.shape[-1], dtype=q.dtype, device=q.device)
     for _ in range(steps):
         q = q @ (1.5 * eye - 0.5 * q.transpose(1, 2) @ q)
     return q
 
 
 @pytest.mark.parametrize("shape", [(3, 6, 4), (2, 5, 5), (2, 4, 1)])
-def test_polar_factor_matches_the_iterated_procedure_and_its_gradient(shape):
+def test_polar_factor_matches_the_iterated_procedure_and_its_gradient(shape, device):
     """Values and vector-Jacobian products of the closed form equal the 60-step iteration's to 1e-10 (float64);
     gradcheck against finite differences; repeated singular values (a scaled orthonormal Q) are harmless."""
     torch.manual_seed(3)
-    q = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
-    cotangent = torch.randn(*shape, dtype=torch.float64)
+    q = torch.randn(*shape, dtype=torch.float64).to(device).requires_grad_()
+    cotangent = torch.randn(*shape, dtype=torch.float64).to(device)
     exact = PolarFactor.apply(q)
     (grad_exact,) = torch.autograd.grad(exact, q, cotangent)
     iterated = _bjorck_polar_factor(q)
@@ -162,7 +163,7 @@ def test_polar_factor_matches_the_iterated_procedure_and_its_gradient(shape):
     assert (grad_exact - grad_iterated).abs().max() < 1e-10
     assert torch.autograd.gradcheck(PolarFactor.apply, (q,), eps=1e-6, atol=1e-7)
 
-    orthonormal = torch.linalg.qr(torch.randn(*shape, dtype=torch.float64)).Q
+    orthonormal = torch.linalg.qr(torch.randn(*shape, dtype=torch.float64).to(device)).Q
     tied = (3.0 * orthonormal).requires_grad_()  # every singular value 3
     (grad_tied,) = torch.autograd.grad(PolarFactor.apply(tied), tied, cotangent)
     (grad_tied_iterated,) = torch.autograd.grad(_bjorck_polar_factor(tied), tied, cotangent)

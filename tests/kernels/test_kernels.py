@@ -6,7 +6,8 @@ float32: the fused result is compared with the float64 reference on the same inp
 (the inverse spline's derivatives amplify round-off, nflows' float32 path shows the same ~1e-3).
 
 Every fused test runs with the reference functions patched to raise, so a silent fallback fails.
-Without a built extension these tests skip; the ``MFLOW_NO_EXT`` test runs either way.
+Without a built extension these tests skip; the ``MFLOW_NO_EXT`` test runs either way. The parity tests run on
+``--device`` (``pytest --device cuda`` checks the CUDA kernels; a build without them fails there, not skips).
 """
 
 from __future__ import annotations
@@ -76,20 +77,20 @@ def _logdet_fused(j):
         return kernels.logdet_gram(j)
 
 
-def _rq_inputs(n: int, d: int, k: int, dtype, seed: int = 0):
+def _rq_inputs(n: int, d: int, k: int, dtype, seed: int = 0, device: torch.device | str = "cpu"):
     g = torch.Generator().manual_seed(seed)
     x = 2.0 * torch.randn(n, d, generator=g, dtype=torch.float64)  # ~13% of values outside the tail bound
     tidx = torch.arange(1, d, 2) if d > 1 else torch.tensor([0])
     p = 1.5 * torch.randn(n, tidx.numel(), 3 * k - 1, generator=g, dtype=torch.float64)
-    return x.to(dtype), p.to(dtype), tidx
+    return x.to(device, dtype), p.to(device, dtype), tidx.to(device)
 
 
-def _affine_inputs(n: int, d: int, dtype, seed: int = 0):
+def _affine_inputs(n: int, d: int, dtype, seed: int = 0, device: torch.device | str = "cpu"):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, d, generator=g, dtype=torch.float64)
     tidx = torch.arange(0, d, 2)
     p = torch.randn(n, 2 * tidx.numel(), generator=g, dtype=torch.float64)
-    return x.to(dtype), p.to(dtype), tidx
+    return x.to(device, dtype), p.to(device, dtype), tidx.to(device)
 
 
 def _with_grads(fn, x, p, *args):
@@ -98,8 +99,8 @@ def _with_grads(fn, x, p, *args):
     p = p.detach().clone().requires_grad_()
     out, ld = fn(x, p, *args)
     g = torch.Generator().manual_seed(1)
-    w_out = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out.dtype)
-    w_ld = torch.randn(ld.shape, generator=g, dtype=torch.float64).to(ld.dtype)
+    w_out = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out)
+    w_ld = torch.randn(ld.shape, generator=g, dtype=torch.float64).to(ld)
     grads = torch.autograd.grad((out * w_out).sum() + (ld * w_ld).sum(), (x, p), allow_unused=True)
     gx, gp = (torch.zeros_like(t) if g is None else g for g, t in zip(grads, (x, p), strict=True))
     return [t.detach() for t in (out, ld, gx, gp)]
@@ -125,8 +126,8 @@ def _close32(got32, want64):
 @pytest.mark.parametrize("inverse", [False, True])
 @pytest.mark.parametrize("k", [5, 20])  # K <= 16 takes the SIMD path on AVX2 CPUs, K = 20 the scalar loop
 @pytest.mark.parametrize("n,d", [(64, 2), (33, 9)])
-def test_rq_matches_reference(n, d, k, inverse):
-    x, p, tidx = _rq_inputs(n, d, k, torch.float64)
+def test_rq_matches_reference(n, d, k, inverse, device):
+    x, p, tidx = _rq_inputs(n, d, k, torch.float64, device=device)
     want = _with_grads(_rq_ref, x, p, tidx, inverse, k)
     _close64(_with_grads(_rq_fused, x, p, tidx, inverse, k), want)
     _close32(_with_grads(_rq_fused, x.float(), p.float(), tidx, inverse, k), want)
@@ -134,8 +135,8 @@ def test_rq_matches_reference(n, d, k, inverse):
 
 @needs_ext
 @pytest.mark.parametrize("k", [5, 20])
-def test_rq_round_trip_and_logdet_sign(k):
-    x, p, tidx = _rq_inputs(50, 6, k, torch.float64)
+def test_rq_round_trip_and_logdet_sign(k, device):
+    x, p, tidx = _rq_inputs(50, 6, k, torch.float64, device=device)
     y, ld = _rq_fused(x, p, tidx, False, k)
     x_back, ld_inv = _rq_fused(y, p, tidx, True, k)
     torch.testing.assert_close(x_back, x, atol=1e-9, rtol=1e-9)
@@ -146,9 +147,9 @@ def test_rq_round_trip_and_logdet_sign(k):
 
 @needs_ext
 @pytest.mark.parametrize("inverse", [False, True])
-def test_rq_outside_tail_bound_is_identity(inverse):
-    x, p, tidx = _rq_inputs(40, 4, 5, torch.float64)
-    x = torch.where(torch.rand(x.shape, generator=torch.Generator().manual_seed(2)) < 0.5, 1.0, -1.0) * (
+def test_rq_outside_tail_bound_is_identity(inverse, device):
+    x, p, tidx = _rq_inputs(40, 4, 5, torch.float64, device=device)
+    x = torch.where(torch.rand(x.shape, generator=torch.Generator().manual_seed(2)).to(device) < 0.5, 1.0, -1.0) * (
         TAIL + 0.1 + x.abs()
     )
     got = _with_grads(_rq_fused, x, p, tidx, inverse, 5)
@@ -159,18 +160,18 @@ def test_rq_outside_tail_bound_is_identity(inverse):
 
 @needs_ext
 @pytest.mark.parametrize("inverse", [False, True])
-def test_rq_at_the_tail_bound_and_batch_of_one(inverse):
-    x, p, tidx = _rq_inputs(1, 4, 5, torch.float64)
+def test_rq_at_the_tail_bound_and_batch_of_one(inverse, device):
+    x, p, tidx = _rq_inputs(1, 4, 5, torch.float64, device=device)
     x[0, 1], x[0, 3] = TAIL, -TAIL  # exactly on the bound: the spline's end knots
     _close64(_with_grads(_rq_fused, x, p, tidx, inverse, 5), _with_grads(_rq_ref, x, p, tidx, inverse, 5))
 
 
 @needs_ext
-def test_rq_non_contiguous_inputs():
-    x, p, tidx = _rq_inputs(30, 12, 5, torch.float64)
+def test_rq_non_contiguous_inputs(device):
+    x, p, tidx = _rq_inputs(30, 12, 5, torch.float64, device=device)
     xs = x.t().contiguous().t()[:, ::2]  # column-major and strided: (30, 6)
     ps = p.transpose(0, 1).contiguous().transpose(0, 1)[:, :3]  # (30, 3, 14), not contiguous
-    t3 = torch.tensor([1, 3, 5])
+    t3 = torch.tensor([1, 3, 5], device=device)
     assert not xs.is_contiguous() and not ps.is_contiguous()
     want = _with_grads(_rq_ref, xs.contiguous(), ps.contiguous(), t3, False, 5)
     _close64(_with_grads(_rq_fused, xs, ps, t3, False, 5), want)
@@ -178,8 +179,8 @@ def test_rq_non_contiguous_inputs():
 
 @needs_ext
 @pytest.mark.parametrize("inverse", [False, True])
-def test_rq_gradcheck(inverse):
-    x, p, tidx = _rq_inputs(3, 4, 4, torch.float64, seed=3)
+def test_rq_gradcheck(inverse, device):
+    x, p, tidx = _rq_inputs(3, 4, 4, torch.float64, seed=3, device=device)
     x = x.clamp(-2.5, 2.5).requires_grad_()  # keep finite differences away from the tail kink
     p.requires_grad_()
     assert torch.autograd.gradcheck(lambda a, b: _rq_fused(a, b, tidx, inverse, 4), (x, p))
@@ -191,18 +192,18 @@ def test_rq_gradcheck(inverse):
 @needs_ext
 @pytest.mark.parametrize("inverse", [False, True])
 @pytest.mark.parametrize("n,d", [(1, 2), (57, 7)])
-def test_affine_matches_reference(n, d, inverse):
-    x, p, tidx = _affine_inputs(n, d, torch.float64)
+def test_affine_matches_reference(n, d, inverse, device):
+    x, p, tidx = _affine_inputs(n, d, torch.float64, device=device)
     want = _with_grads(reference.affine_coupling, x, p, tidx, inverse)
     _close64(_with_grads(_affine_fused, x, p, tidx, inverse), want)
     _close32(_with_grads(_affine_fused, x.float(), p.float(), tidx, inverse), want)
 
 
 @needs_ext
-def test_affine_non_contiguous_and_gradcheck():
-    x, p, tidx = _affine_inputs(8, 10, torch.float64)
+def test_affine_non_contiguous_and_gradcheck(device):
+    x, p, tidx = _affine_inputs(8, 10, torch.float64, device=device)
     xs, ps = x[:, ::2], p.t().contiguous().t()[:, :6]  # (8, 5) strided, (8, 6) column-major
-    t3 = torch.tensor([0, 2, 4])
+    t3 = torch.tensor([0, 2, 4], device=device)
     assert not xs.is_contiguous() and not ps.is_contiguous()
     want = _with_grads(reference.affine_coupling, xs.contiguous(), ps.contiguous(), t3, False)
     _close64(_with_grads(_affine_fused, xs, ps, t3, False), want)
@@ -214,22 +215,23 @@ def test_affine_non_contiguous_and_gradcheck():
 # ---------------------------------------------------------------- log det(JᵀJ)
 
 
-def _jac(b: int, n: int, d: int, dtype=torch.float64, seed: int = 0) -> torch.Tensor:
-    return torch.randn(b, n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(dtype)
+def _jac(b: int, n: int, d: int, dtype=torch.float64, seed: int = 0, device: torch.device | str = "cpu"
+         ) -> torch.Tensor:
+    return torch.randn(b, n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(device, dtype)
 
 
 def _logdet_with_grad(fn, j):
     j = j.detach().clone().requires_grad_()
     out = fn(j)
-    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(out.dtype)
+    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(out)
     (g,) = torch.autograd.grad((out * w).sum(), j)
     return [out.detach(), g]
 
 
 @needs_ext
 @pytest.mark.parametrize("b,n,d", [(1, 3, 1), (17, 8, 3), (4, 40, 32), (2, 130, 128)])
-def test_logdet_gram_matches_reference(b, n, d):
-    j = _jac(b, n, d)
+def test_logdet_gram_matches_reference(b, n, d, device):
+    j = _jac(b, n, d, device=device)
     want = _logdet_with_grad(reference.logdet_gram, j)
     got = _logdet_with_grad(_logdet_fused, j)
     _close64(got, want)
@@ -239,16 +241,16 @@ def test_logdet_gram_matches_reference(b, n, d):
 
 
 @needs_ext
-def test_logdet_gram_non_contiguous_gradcheck_and_singular():
-    j = _jac(6, 9, 4)
+def test_logdet_gram_non_contiguous_gradcheck_and_singular(device):
+    j = _jac(6, 9, 4, device=device)
     js = j.transpose(1, 2).contiguous().transpose(1, 2)
     assert not js.is_contiguous()
     _close64(_logdet_with_grad(_logdet_fused, js), _logdet_with_grad(reference.logdet_gram, j))
-    a = _jac(2, 5, 3, seed=4).requires_grad_()
+    a = _jac(2, 5, 3, seed=4, device=device).requires_grad_()
     assert torch.autograd.gradcheck(_logdet_fused, (a,))
     for shape in [(2, 5, 3), (2, 7, 5)]:  # the fused loops (d <= 3) and the BLAS/LAPACK branch (d > 3)
         with pytest.raises(torch.linalg.LinAlgError):
-            _logdet_fused(torch.zeros(shape, dtype=torch.float64))
+            _logdet_fused(torch.zeros(shape, dtype=torch.float64, device=device))
 
 
 # ---------------------------------------------------------------- forward mode (jvp rules)
@@ -256,10 +258,10 @@ def test_logdet_gram_non_contiguous_gradcheck_and_singular():
 
 @needs_ext
 @pytest.mark.parametrize("inverse", [False, True])
-def test_jvp_rules_match_reference(inverse):
-    x, p, tidx = _rq_inputs(20, 6, 5, torch.float64)
-    ax, ap, atidx = _affine_inputs(20, 6, torch.float64)
-    j = _jac(5, 7, 3)
+def test_jvp_rules_match_reference(inverse, device):
+    x, p, tidx = _rq_inputs(20, 6, 5, torch.float64, device=device)
+    ax, ap, atidx = _affine_inputs(20, 6, torch.float64, device=device)
+    j = _jac(5, 7, 3, device=device)
     g = torch.Generator().manual_seed(5)
     cases = [
         (lambda a, b: kernels.rq_coupling(a, b, tidx, inverse, **_spline(5)), (x, p)),
@@ -267,7 +269,7 @@ def test_jvp_rules_match_reference(inverse):
         (lambda a: kernels.logdet_gram(a), (j,)),
     ]
     for fn, primals in cases:
-        tangents = tuple(torch.randn(t.shape, generator=g, dtype=t.dtype) for t in primals)
+        tangents = tuple(torch.randn(t.shape, generator=g, dtype=t.dtype).to(t) for t in primals)
         with torch.no_grad(), fused_only():
             got = torch.func.jvp(fn, primals, tangents)
         with kernels.use_reference():
@@ -280,7 +282,7 @@ def test_jvp_rules_match_reference(inverse):
 
 
 @needs_ext
-def test_fused_coupling_layers_equal_nflows_layers():
+def test_fused_coupling_layers_equal_nflows_layers(device):
     torch.manual_seed(0)
     mask = torch.tensor([1, 0, 1, 0, 1])
 
@@ -292,10 +294,10 @@ def test_fused_coupling_layers_equal_nflows_layers():
          T.PiecewiseRationalQuadraticCouplingTransform(mask, net, num_bins=5, tails="linear", tail_bound=TAIL)),
         (FusedAffineCouplingTransform(mask, net), T.AffineCouplingTransform(mask, net)),
     ]
-    x = 1.5 * torch.randn(31, 5, dtype=torch.float64)
+    x = 1.5 * torch.randn(31, 5, dtype=torch.float64).to(device)
     for fused, plain in pairs:
-        fused.double()
-        plain.double().load_state_dict(fused.state_dict())
+        fused.to(device, torch.float64)
+        plain.to(device, torch.float64).load_state_dict(fused.state_dict())
         for direction in ("forward", "inverse"):
             with fused_only():
                 y, ld = getattr(fused, direction)(x)
@@ -306,14 +308,14 @@ def test_fused_coupling_layers_equal_nflows_layers():
 
 @needs_ext
 @pytest.mark.parametrize("d", [2, 5])
-def test_fused_lu_linear_equals_nflows_lu_linear(d):
+def test_fused_lu_linear_equals_nflows_lu_linear(d, device):
     """Same outputs, log-dets and parameter gradients (float64), same state_dict, round trip via the inverse."""
     torch.manual_seed(1)
-    fused = FusedLULinear(d, identity_init=False).double()
-    plain = T.LULinear(d, identity_init=False).double()
+    fused = FusedLULinear(d, identity_init=False).to(device, torch.float64)
+    plain = T.LULinear(d, identity_init=False).to(device, torch.float64)
     assert set(fused.state_dict()) == set(plain.state_dict())
     plain.load_state_dict(fused.state_dict())
-    x = torch.randn(17, d, dtype=torch.float64)
+    x = torch.randn(17, d, dtype=torch.float64).to(device)
     with fused_only():
         y, ld = fused(x)
         (y.square().sum() + ld.sum()).backward()

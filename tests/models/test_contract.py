@@ -1,5 +1,5 @@
 """One contract for every model kind of the catalog: finite losses, gradients on exactly the phase's parameters,
-sample/encode shapes, and save -> load -> the same outputs."""
+sample/encode shapes, and save -> load -> the same outputs; on ``--device`` (``pytest --device cuda``)."""
 
 from __future__ import annotations
 
@@ -44,17 +44,17 @@ def test_every_catalog_kind_has_a_tiny_configuration():
 
 
 @pytest.fixture(params=sorted(TINY_KINDS))
-def built(request):
+def built(request, device):
     kind = request.param
     _, dataset = data_for(kind)
     torch.manual_seed(0)
-    model = catalog.MODELS[kind].build(dataset.data_shape, **TINY_KINDS[kind])
+    model = catalog.MODELS[kind].build(dataset.data_shape, **TINY_KINDS[kind]).to(device)
     return kind, model, dataset
 
 
-def test_losses_are_finite_and_gradients_reach_exactly_the_phase_parameters(built):
+def test_losses_are_finite_and_gradients_reach_exactly_the_phase_parameters(built, device):
     kind, model, dataset = built
-    x = dataset.train_data()[:32]
+    x = dataset.train_data()[:32].to(device)
     model.train()
     for phase in model.phases():
         for p in model.parameters():
@@ -71,33 +71,34 @@ def test_losses_are_finite_and_gradients_reach_exactly_the_phase_parameters(buil
         assert not outside, f"{kind} {phase}: gradients outside the phase's parameters: {outside[:3]}"
 
 
-def test_sample_and_encode_shapes(built):
+def test_sample_and_encode_shapes(built, device):
     kind, model, dataset = built
     model.eval()
     torch.manual_seed(2)
     samples = model.sample(5)
     assert tuple(samples.shape) == (5, *dataset.data_shape) and torch.isfinite(samples).all()
-    out = model.encode(dataset.test_data()[:7])
+    assert samples.device.type == device.type
+    out = model.encode(dataset.test_data()[:7].to(device))
     assert out["latents"].shape == (7, model.latent_dim), kind
     assert all(v.shape[0] == 7 for v in out.values()), kind
 
 
-def test_save_load_gives_the_same_outputs(tmp_path, built):
+def test_save_load_gives_the_same_outputs(tmp_path, built, device):
     kind, model, dataset = built
     name, _ = data_for(kind)
     data = {"name": name, "n_train": 64, "n_test": 32} | ({"shape": "spheres"} if name == "toy3d" else {})
     if name == "tiny images":  # any image dataset name will do: building the model needs only the data shape
         data = {"name": "mnist", "path": str(tmp_path)}
     recipe = validate({"name": "contract", "data": data, "model": {"kind": kind, **TINY_KINDS[kind]}}, "contract")
-    model = runs.build_model(recipe, dataset.data_shape)
+    model = runs.build_model(recipe, dataset.data_shape).to(device)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
     model.eval()
     (tmp_path / "run").mkdir()
     runs.save_model(model, recipe, dataset.data_shape, tmp_path / "run" / "model.pt")
-    loaded = runs.open_run(tmp_path / "run").model
-    x = dataset.test_data()[:9]
+    loaded = runs.open_run(tmp_path / "run", device=str(device)).model
+    x = dataset.test_data()[:9].to(device)
     results = []
     for m in (model, loaded):
         torch.manual_seed(3)
