@@ -447,10 +447,21 @@ def run_bench(
     flows: bool = True,
 ) -> list[BenchRow]:
     """All rows (kernels, then the coupling flows), with ``threads`` intra-op threads (None: unchanged)."""
-    if not kernels.extension_loaded():
-        from .errors import ConfigError
+    from .errors import ConfigError
 
+    if not kernels.extension_loaded():
         raise ConfigError(f"mflow bench: nothing to compare, {kernels.backend_info()}")
+    try:
+        where = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"mflow bench: --device {device!r} is not a torch device (cpu, cuda, cuda:N)") from None
+    if where.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"mflow bench: --device {device!r}, but this torch ({torch.__version__}) sees no CUDA device")
+    if where.type == "cuda" and not kernels.ext.with_cuda:
+        raise ConfigError(f"mflow bench: --device {device!r}, but {kernels.backend_info()}: rebuild the extension "
+                          "against a CUDA torch (python setup.py build_ext --inplace) to time its CUDA kernels")
+    if where.type not in ("cpu", "cuda"):
+        raise ConfigError(f"mflow bench: --device {device!r}: the kernels run on cpu or cuda")
     with _threads(threads):
         rows = kernel_rows(repeats, quick=quick, device=device)
         if flows:

@@ -7,6 +7,7 @@ import importlib.util
 import math
 
 import pytest
+import torch
 
 from mflow_cli import kernels
 from mflow_cli.bench import flow_rows, growth_case, model_rows
@@ -39,3 +40,18 @@ def test_growth_case_reports_time_and_memory_per_point():
     assert row.seconds_per_point > 0 and row.research_seconds_per_point > 0 and row.peak_mb_per_point >= 0
     with pytest.raises(ValueError, match="task must be"):
         growth_case("nope", 2, 64, 4)
+
+
+@needs_ext
+@pytest.mark.parametrize("device", ["blah", "cuda"])
+def test_bench_refuses_a_device_it_cannot_time_in_one_line(mflow, capsys, device):
+    """``mflow bench --device``: a name torch does not know, or CUDA where torch sees none (or where the extension
+    has no CUDA kernels, so both sides would be the same PyTorch code), exits 2 with one line, before any row."""
+    message = "is not a torch device"
+    if device == "cuda":
+        if torch.cuda.is_available() and kernels.ext.with_cuda:
+            pytest.skip("CUDA and its kernels are here: the bench runs")
+        message = "CUDA kernels" if torch.cuda.is_available() else "sees no CUDA device"
+    assert mflow("bench", "--device", device, "--quick", "-r", "1") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and f"'{device}'" in err[0]
