@@ -354,10 +354,9 @@ def paired_gains(bounds: dict[str, tuple[str, int, torch.Tensor]], baseline: str
     return bounds[baseline][0], gains
 
 
-def paired_markdown(bounds: dict[str, tuple[str, int, torch.Tensor]], seed: int, baseline: str | None = None) -> str:
-    """Gains over a baseline run (:func:`paired_gains`) as a Markdown table: the mean per-image difference ± its
-    standard error, and the share of images scored higher."""
-    reference_label, gains = paired_gains(bounds, baseline)
+def paired_markdown(reference_label: str, gains: list[PairedGain], n_images: int, seed: int) -> str:
+    """The gains of :func:`paired_gains` over the run labelled ``reference_label`` as a Markdown table: the mean
+    per-image difference ± its standard error, and the share of images scored higher."""
     short = "VAE" if reference_label.startswith("none") else reference_label
     header = ["posterior", f"−log p(x), k = {PAIRED_SAMPLES}", f"gain over {short} (paired)", "paired s.e.",
               "images scored higher", "parameters"]
@@ -367,8 +366,7 @@ def paired_markdown(bounds: dict[str, tuple[str, int, torch.Tensor]], seed: int,
         if row.gain is not None:
             cells[2:] = [_signed(row.gain), f"{row.se:.2f}", f"{100 * row.share_higher:.1f}%"]
         lines.append("| " + " | ".join([*cells, f"{row.parameters / 1e6:.2f} M"]) + " |")
-    n = len(next(iter(bounds.values()))[2])
-    lines += ["", f"{n:,} test images, every model's draws seeded with {seed}; nats. The paired s.e. is "
+    lines += ["", f"{n_images:,} test images, every model's draws seeded with {seed}; nats. The paired s.e. is "
               f"std / √n of the per-image differences from {reference_label}."]
     return "\n".join(lines) + "\n"
 
@@ -387,8 +385,8 @@ def run_paired(paths: list[Path], overrides: list[str], runs_dir: Path, out: Pat
         _, model = runs.load_run(run_dir)  # the recipe's device, as the evaluation uses
         values = per_image_bounds(recipe, model, run_dir, out / "paired" / f"{recipe.name}.pt", seed)
         bounds[recipe.name] = (model.posterior_flow_label, sum(p.numel() for p in model.parameters()), values)
-    markdown = paired_markdown(bounds, seed, baseline)
     reference_label, gains = paired_gains(bounds, baseline)
+    markdown = paired_markdown(reference_label, gains, len(next(iter(bounds.values()))[2]), seed)
     out.mkdir(parents=True, exist_ok=True)
     stem = "paired" if baseline is None else f"paired_{baseline}"
     (out / f"{stem}.md").write_text(markdown)
