@@ -143,6 +143,11 @@ def evaluate_cached(recipe: Recipe, run_dir: Path, cache: Path) -> dict[str, Any
     return metrics
 
 
+def _is_plain_vae(posterior: str) -> bool:
+    """Whether a posterior label (``FlowVAE.posterior_flow_label``) is the plain VAE's, the gains' baseline."""
+    return posterior.startswith("none")
+
+
 def _signed(value: float) -> str:
     """``value`` to two decimals with its sign, the minus as the README's "−" (U+2212)."""
     return f"{value:+.2f}".replace("-", "−")
@@ -157,7 +162,7 @@ def _nats(metrics: dict, key: str) -> str:
 
 def table_rows(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
     """The table's header and cells: −log p(x) at both k (± s.e.), −ELBO, KL, gain over the plain VAE, ..."""
-    plain = next((r for r in rows if r.posterior.startswith("none")), None)
+    plain = next((r for r in rows if _is_plain_vae(r.posterior)), None)
     k1 = next((r.metrics.get("iw_samples") for r in rows), 200)
     k2 = next((r.metrics.get("tight_iw_samples") for r in rows if r.metrics.get("tight_iw_samples")), 5000)
     header = ["posterior", f"−log p(x), k = {k1}", f"−log p(x), k = {k2}", "−ELBO", "KL",
@@ -338,7 +343,7 @@ def paired_gains(bounds: dict[str, tuple[str, int, torch.Tensor]], baseline: str
     """The baseline's posterior label and a :class:`PairedGain` per run, from per-image bounds
     {recipe: (posterior, parameters, bounds)}. ``baseline``: a recipe name (default: the plain VAE)."""
     if baseline is None:
-        baseline = next((name for name, (posterior, _, _) in bounds.items() if posterior.startswith("none")), None)
+        baseline = next((name for name, (posterior, _, _) in bounds.items() if _is_plain_vae(posterior)), None)
     if baseline not in bounds:
         raise ConfigError(f"--paired needs the baseline's trained run ({baseline or 'flowvae_mnist40_none'}) among the "
                           "recipes")
@@ -357,7 +362,7 @@ def paired_gains(bounds: dict[str, tuple[str, int, torch.Tensor]], baseline: str
 def paired_markdown(reference_label: str, gains: list[PairedGain], n_images: int, seed: int) -> str:
     """The gains of :func:`paired_gains` over the run labelled ``reference_label`` as a Markdown table: the mean
     per-image difference ± its standard error, and the share of images scored higher."""
-    short = "VAE" if reference_label.startswith("none") else reference_label
+    short = "VAE" if _is_plain_vae(reference_label) else reference_label
     header = ["posterior", f"−log p(x), k = {PAIRED_SAMPLES}", f"gain over {short} (paired)", "paired s.e.",
               "images scored higher", "parameters"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -390,8 +395,9 @@ def run_paired(paths: list[Path], overrides: list[str], runs_dir: Path, out: Pat
     out.mkdir(parents=True, exist_ok=True)
     stem = "paired" if baseline is None else f"paired_{baseline}"
     (out / f"{stem}.md").write_text(markdown)
-    paired_gains_figure([(g.posterior, g.parameters, g.gain or 0.0, g.se or 0.0) for g in gains], reference_label,
-                        PAIRED_SAMPLES, out / f"{stem}.png")
+    paired_gains_figure([(g.posterior, g.parameters, g.gain or 0.0, g.se or 0.0) for g in gains],
+                        "the plain VAE" if _is_plain_vae(reference_label) else reference_label, PAIRED_SAMPLES,
+                        out / f"{stem}.png")
     return markdown
 
 
