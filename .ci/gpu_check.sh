@@ -9,8 +9,8 @@
 #   1. build mflow_cli._C in place against that machine's torch (its CUDA kernels included when torch has CUDA);
 #   2. the device-aware tests on the device: pytest --device $DEVICE tests/kernels tests/flows tests/models;
 #   3. mflow bench --device $DEVICE (the kernels and flows against their baselines);
-#   4. dnf_gan2d (64×64, the image architecture) for $EPOCHS epochs on the procedural image manifold, seconds
-#      per epoch from its metrics.jsonl.
+#   4. dnf_gan2d (64×64, the image architecture) for $EPOCHS epochs on the procedural image manifold under each
+#      train.precision (float32, tf32, bf16; tf32 only on CUDA), seconds per epoch from its metrics.jsonl.
 # Pure-Python dependencies that machine lacks (nflows) travel as wheels in .whl/ (carry it; see the device
 # tool's README): `pip wheel --no-deps -w .whl nflows==0.14` (nflows is a source archive only) and, for the
 # zuko rows, `pip download --no-deps -d .whl zuko`.
@@ -68,12 +68,19 @@ step bench "$PYTHON" -m mflow_cli bench "${bench[@]}"
 train=(--set device="$DEVICE" --set data.source=procedural --set train.epochs="$EPOCHS" --set threads=1)
 [ "$QUICK" = 1 ] && train+=(--set data.n_train=50 --set data.n_test=25 --set data.resolution=16
                            --set model.levels=2 --set model.hidden_features=8)
-step train "$PYTHON" -m mflow_cli train recipes/dnf_gan2d.yaml --out "$OUT/dnf_gan2d" --force "${train[@]}"
-[ -f "$OUT/dnf_gan2d/metrics.jsonl" ] && "$PYTHON" - "$OUT/dnf_gan2d/metrics.jsonl" << 'EOF' | tee -a "$summary"
+precisions=(float32 bf16)
+[ "$DEVICE" != cpu ] && precisions=(float32 tf32 bf16)
+for precision in "${precisions[@]}"; do
+  run="$OUT/dnf_gan2d_$precision"
+  step "train_$precision" "$PYTHON" -m mflow_cli train recipes/dnf_gan2d.yaml --out "$run" --force "${train[@]}" \
+    --set train.precision="$precision"
+  [ -f "$run/metrics.jsonl" ] && "$PYTHON" - "$run/metrics.jsonl" "$precision" << 'EOF' | tee -a "$summary"
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1]) if '"epoch"' in line]
 times = [r["time"] for r in rows]
 gaps = [round(b - a, 1) for a, b in zip(times, times[1:])]
-print("dnf_gan2d: epochs", [r["epoch"] for r in rows], "seconds between epoch ends", gaps)
+print(f"dnf_gan2d {sys.argv[2]}: epochs", [r["epoch"] for r in rows], "seconds between epoch ends", gaps,
+      "loss", [round(r["loss"], 1) for r in rows])
 EOF
+done
 exit "$status"

@@ -13,6 +13,7 @@ import signal
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -47,6 +48,12 @@ class TrainConfig:
             its best weights (needs validation rows: validation_fraction > 0 or the dataset's own validation
             split, e.g. data.n_validation); null trains every epoch.
         tensorboard: Also write TensorBoard event files into RUN_DIR/tensorboard (needs the tensorboard package).
+        precision: The arithmetic of the training steps: null keeps torch's defaults (on CUDA: TF32 for cuDNN
+            convolutions, full float32 matrix products); ``float32`` is full float32 everywhere (TF32 off);
+            ``tf32`` lets CUDA matrix products and convolutions use TF32 tensor cores (CUDA only); ``bf16``
+            runs each step's forward pass under bfloat16 autocast (matrix products and convolutions in bfloat16,
+            float32 weights, gradients and optimizer; the compiled kernels step aside, as they are float32 /
+            float64 code). The held-out losses are always scored in float32.
     """
 
     epochs: int | dict[str, int] = 50
@@ -60,6 +67,7 @@ class TrainConfig:
     validation_fraction: float = 0.0
     early_stopping_patience: int | None = None
     tensorboard: bool = False
+    precision: Literal["float32", "tf32", "bf16"] | None = None
 
     def check(self, phases: list[str], source: str = "recipe") -> None:
         """Raise :class:`ConfigError` for values no run could use."""
@@ -90,6 +98,12 @@ class TrainConfig:
             raise ConfigError(f"{source}: 'train.validation_fraction' must be in 0..0.5")
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
             raise ConfigError(f"{source}: 'train.early_stopping_patience' must be >= 1 (or null)")
+
+    def check_device(self, device: torch.device, source: str = "recipe") -> None:
+        """Raise :class:`ConfigError` where the device cannot run ``precision``."""
+        if self.precision == "tf32" and device.type != "cuda":
+            raise ConfigError(f"{source}: 'train.precision' tf32 is a mode of CUDA tensor cores, and this run is on "
+                              f"{device.type} (use bf16, float32 or null)")
 
     def epochs_for(self, phase: str) -> int:
         if isinstance(self.epochs, dict):
@@ -243,8 +257,25 @@ def train(
     that many epochs, and the model ends with the phase's best weights.
     """
     loop = _Loop(model, data, config, seed, save_checkpoint, monitor or TrainingMonitor(), batch_transform)
+    config.check_device(loop.device)
     loop.dist, loop.held_out = dist, held_out
-    return loop.run(resume_state)
+    with _tf32(config.precision):
+        return loop.run(resume_state)
+
+
+@contextmanager
+def _tf32(precision: str | None) -> Iterator[None]:
+    """CUDA's TF32 switches as ``train.precision`` asks (null: left as they are), restored afterwards."""
+    backends = (torch.backends.cuda.matmul, torch.backends.cudnn)
+    saved = [b.allow_tf32 for b in backends]
+    if precision is not None:
+        for backend in backends:
+            backend.allow_tf32 = precision == "tf32"
+    try:
+        yield
+    finally:
+        for backend, value in zip(backends, saved, strict=True):
+            backend.allow_tf32 = value
 
 
 class _Loop:
@@ -413,7 +444,8 @@ class _Loop:
             self.in_step = True
             if self.batch_transform is not None:
                 x = self.batch_transform(x)
-            loss, logs = self.forward(x, phase)
+            with torch.autocast(self.device.type, torch.bfloat16, enabled=cfg.precision == "bf16"):
+                loss, logs = self.forward(x, phase)
             self.optimizer.zero_grad(set_to_none=True)
             finite = bool(torch.isfinite(loss)) if self.dist is None else not self.dist.any(not torch.isfinite(loss))
             if finite:

@@ -168,3 +168,58 @@ def test_early_stopping_on_the_test_split_is_refused(tmp_path):
     doc = tiny_recipe(train={"epochs": 3, "batch_size": 100, "early_stopping_patience": 2})
     with pytest.raises(ConfigError, match="needs validation rows"):
         train_run(validate(doc, "es.yaml"), tmp_path / "run")
+
+
+class _SwitchesSeen(TrainingMonitor):
+    """Records CUDA's TF32 switches (matmul, cuDNN) as every training step sees them."""
+
+    def __init__(self) -> None:
+        self.seen: set[tuple[bool, bool]] = set()
+
+    def step(self, phase, epoch, logs) -> None:
+        self.seen.add((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+
+
+@pytest.mark.parametrize("precision,during", [(None, (True, False)), ("float32", (False, False)),
+                                               ("tf32", (True, True)), ("bf16", (False, False))])
+def test_train_precision_sets_the_tf32_switches_for_the_run_and_restores_them(tmp_path, device, precision, during):
+    from helpers import tiny_recipe
+
+    from mflow_cli.app.recipe import validate
+
+    doc = tiny_recipe(device=device.type, train={"epochs": 1, "batch_size": 100, "precision": precision})
+    recipe = validate(doc, "precision.yaml")
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = True, False  # null keeps these
+    try:
+        if precision == "tf32" and device.type != "cuda":
+            with pytest.raises(ConfigError, match="'train.precision' tf32 is a mode of CUDA"):
+                train_run(recipe, tmp_path / "run")
+            assert not (tmp_path / "run").exists()  # refused before the run folder was made
+            return
+        monitor = _SwitchesSeen()
+        train_run(recipe, tmp_path / "run", monitor=monitor)
+        assert monitor.seen == {during}
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (True, False)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_bf16_training_runs_its_forward_passes_in_bfloat16_and_keeps_float32_weights(tmp_path, device):
+    """Same seed, same batches: the bf16 run's losses differ from float32's by bfloat16 rounding (8 mantissa
+    bits, so about 1e-2 relative), not by orders of magnitude; weights and the held-out loss stay float32."""
+    from helpers import tiny_recipe
+
+    from mflow_cli.app.recipe import validate
+
+    records = {}
+    for precision in ("float32", "bf16"):
+        doc = tiny_recipe(device=device.type, train={"epochs": 2, "batch_size": 100, "precision": precision})
+        run = train_run(validate(doc, "precision.yaml"), tmp_path / precision)
+        records[precision] = io.read_jsonl(run / "metrics.jsonl")
+        weights = [v for v in params(run).values() if v.is_floating_point()]  # (permutations are int64 buffers)
+        assert weights and all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in weights)
+    for full, half in zip(records["float32"], records["bf16"], strict=True):
+        assert full["loss"] != half["loss"]  # autocast was on
+        assert half["loss"] == pytest.approx(full["loss"], rel=0.05, abs=0.05)
+        assert half["val_loss"] == pytest.approx(full["val_loss"], rel=0.05, abs=0.05)

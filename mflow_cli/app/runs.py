@@ -225,6 +225,7 @@ def train_run(
     """
     out_dir = Path(out_dir)
     device = pick_device(recipe)
+    TrainConfig(**recipe.train).check_device(device, recipe.source)
     dist = distributed.from_env(device)
     main = dist is None or dist.is_main
     if dist is not None:

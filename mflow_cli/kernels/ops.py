@@ -59,6 +59,8 @@ def can_fuse(*tensors: torch.Tensor) -> bool:
         return False
     if first.device.type != "cpu" and not (first.device.type == "cuda" and ext.with_cuda):
         return False
+    if torch.is_autocast_enabled(first.device.type):  # float32/float64 kernels: autocast's ops run in PyTorch
+        return False
     return _transform_ok()
 
 
