@@ -103,7 +103,10 @@ def best_validation_epoch(records: list[dict]) -> int | None:
 
 
 def _same_recipe(a: Recipe, b: Recipe, ignore_epochs: bool = False) -> bool:
+    """Whether two recipes train the same model; ``threads`` (how many cores score it) does not count."""
     da, db = a.to_dict(), b.to_dict()
+    da.pop("threads", None)
+    db.pop("threads", None)
     if ignore_epochs:
         da["train"].pop("epochs", None)
         db["train"].pop("epochs", None)
