@@ -29,6 +29,7 @@ from ..models.base import Model
 from ..models.interfaces import ManifoldModel
 from ..training import TrainConfig, TrainingMonitor, train
 from . import catalog
+from .allocator import return_freed_buffers
 from .recipe import Recipe, short_repr, validate, write_yaml
 
 if TYPE_CHECKING:
@@ -563,6 +564,7 @@ def evaluate_run(run_dir: str | Path, out: str | Path | None = None, force: bool
     with run_lock(run_dir):
         dataset = build_dataset(recipe)
         scoring = evaluation(recipe)
+        return_freed_buffers()
         metrics = scoring.evaluate(model, dataset, scoring.options(**recipe.evaluate))
         if run.units is not None:
             metrics = _log_likelihoods_to_original_units(run, dataset, metrics)
