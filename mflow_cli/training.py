@@ -259,8 +259,31 @@ def train(
     loop = _Loop(model, data, config, seed, save_checkpoint, monitor or TrainingMonitor(), batch_transform)
     config.check_device(loop.device)
     loop.dist, loop.held_out = dist, held_out
-    with _tf32(config.precision):
+    with _tf32(config.precision), flushed_subnormals():
         return loop.run(resume_state)
+
+
+def flushes_subnormals() -> bool:
+    """Whether this thread's CPU float arithmetic flushes subnormal numbers (below 1.2e-38 in float32) to zero."""
+    return float(torch.tensor([1e-39]) * 2.0) == 0.0
+
+
+@contextmanager
+def flushed_subnormals() -> Iterator[None]:
+    """CPU float arithmetic with subnormal numbers flushed to zero (``torch.set_flush_denormal``), restored
+    afterwards.
+
+    Weights and activations drift into the subnormal range as a model trains, and x86 cores take a slow path for
+    each such operand: a planar K = 40 flow-VAE's epoch grew from 14 to 24 s over 300 epochs, and a step of its
+    trained weights took 15.5–16.2 ms unflushed against 10.9–11.1 ms flushed (its untrained weights: 11 ms
+    either way). Flushing changes results only below 1.2e-38.
+    """
+    was = flushes_subnormals()
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(was)
 
 
 @contextmanager

@@ -205,6 +205,33 @@ def test_train_precision_sets_the_tf32_switches_for_the_run_and_restores_them(tm
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
+class _FlushSeen(TrainingMonitor):
+    """Records whether every training step's CPU arithmetic flushes subnormal numbers to zero."""
+
+    def __init__(self) -> None:
+        self.seen: set[bool] = set()
+
+    def step(self, phase, epoch, logs) -> None:
+        from mflow_cli.training import flushes_subnormals
+
+        self.seen.add(flushes_subnormals())
+
+
+def test_training_flushes_subnormals_and_restores_the_setting(tmp_path):
+    from helpers import tiny_recipe
+
+    from mflow_cli.app.recipe import validate
+    from mflow_cli.training import flushes_subnormals
+
+    recipe = validate(tiny_recipe(train={"epochs": 1, "batch_size": 100}), "flush.yaml")
+    torch.set_flush_denormal(False)
+    assert not flushes_subnormals() and float(torch.tensor([1e-39]) * 2.0) > 0
+    monitor = _FlushSeen()
+    train_run(recipe, tmp_path / "run", monitor=monitor)
+    assert monitor.seen == {True}
+    assert not flushes_subnormals()
+
+
 def test_bf16_training_runs_its_forward_passes_in_bfloat16_and_keeps_float32_weights(tmp_path, device):
     """Same seed, same batches: the bf16 run's losses differ from float32's by bfloat16 rounding (8 mantissa
     bits, so about 1e-2 relative), not by orders of magnitude; weights and the held-out loss stay float32."""
