@@ -274,9 +274,8 @@ def flushed_subnormals() -> Iterator[None]:
     afterwards.
 
     Weights and activations drift into the subnormal range as a model trains, and x86 cores take a slow path for
-    each such operand: a planar K = 40 flow-VAE's epoch grew from 14 to 24 s over 300 epochs, and a step of its
-    trained weights took 15.5–16.2 ms unflushed against 10.9–11.1 ms flushed (its untrained weights: 11 ms
-    either way). Flushing changes results only below 1.2e-38.
+    each such operand (a planar K = 40 flow-VAE's epoch grew from 14 to 24 s over 300 epochs). Flushing changes
+    results only below 1.2e-38.
     """
     was = flushes_subnormals()
     torch.set_flush_denormal(True)
