@@ -23,7 +23,7 @@ from setuptools import find_packages, setup
 
 SOURCES_CPU = ["csrc/bindings.cpp", "csrc/cpu_ops.cpp", "csrc/cpu_vec.cpp", "csrc/flow_tangents.cpp",
                "csrc/residual_net.cpp", "csrc/lu_linear.cpp", "csrc/flow_pass.cpp",
-               "csrc/planar_chain.cpp"]
+               "csrc/planar_chain.cpp", "csrc/symmetric_eigh.cpp"]
 SOURCES_CUDA = ["csrc/cuda_ops.cu"]
 
 
@@ -49,7 +49,9 @@ def _extension_build() -> dict:
     want_cuda = _flag("MFLOW_BUILD_CUDA")
     if want_cuda is None:
         want_cuda = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
-    cxx = ["-O3", "-Wno-unknown-pragmas"]  # torch's vec headers use #pragma unroll, unknown to g++
+    # torch's vec headers use #pragma unroll, unknown to g++; no errno from sqrt/exp (never read), so that loops
+    # calling them vectorise
+    cxx = ["-O3", "-Wno-unknown-pragmas", "-fno-math-errno"]
     if want_cuda:
         ext = cpp_extension.CUDAExtension(
             "mflow_cli._C",

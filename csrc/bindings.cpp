@@ -228,6 +228,13 @@ std::vector<at::Tensor> py_planar_chain_backward(const at::Tensor& g_out, const 
   return planar_chain_backward_cpu(g_out, g_logdet, saved, params);
 }
 
+std::vector<at::Tensor> py_symmetric_eigh(const at::Tensor& a) {
+  TORCH_CHECK(a.dim() == 3 && a.size(1) == a.size(2) && a.size(1) > 0, "symmetric_eigh: a (B, n, n)");
+  TORCH_CHECK(!a.is_cuda() && a.is_contiguous() && (a.scalar_type() == at::kFloat || a.scalar_type() == at::kDouble),
+              "symmetric_eigh: a contiguous float32/float64 CPU tensor");
+  return symmetric_eigh_cpu(a);
+}
+
 }  // namespace
 }  // namespace mflow
 
@@ -255,4 +262,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("flow_pass_backward", &mflow::py_flow_pass_backward);
   m.def("planar_chain_forward", &mflow::py_planar_chain_forward);
   m.def("planar_chain_backward", &mflow::py_planar_chain_backward);
+  m.def("symmetric_eigh", &mflow::py_symmetric_eigh);
 }

@@ -91,6 +91,9 @@ std::vector<at::Tensor> flow_pass_backward_cpu(const at::Tensor& g_y, const at::
 std::vector<at::Tensor> planar_chain_forward_cpu(const at::Tensor& z, const at::Tensor& params, bool save);
 std::vector<at::Tensor> planar_chain_backward_cpu(const at::Tensor& g_out, const at::Tensor& g_logdet,
                                                   const at::Tensor& saved, const at::Tensor& params);
+// The eigenvalues (ascending) and eigenvectors of a batch of small symmetric matrices (B, n, n), by the cyclic
+// Jacobi method over 16 matrices at a time (symmetric_eigh.cpp; CPU only).
+std::vector<at::Tensor> symmetric_eigh_cpu(const at::Tensor& a);
 #ifdef MFLOW_WITH_CUDA
 MFLOW_DECLARE_OPS(cuda)
 #endif

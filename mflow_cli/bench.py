@@ -4,7 +4,7 @@ Each row names its baseline (``baseline``; the kernel rows also say it in their 
 
 - kernel rows: the fused op (``mflow_cli._C``) vs the pure-PyTorch reference (nflows' own spline code,
   nflows' affine formula, ``torch.linalg.cholesky`` of JᵀJ, a flow-VAE's planar steps one by one as PyTorch
-  ops), the reference inside
+  ops, ``torch.linalg.eigh`` in the orthogonal Sylvester flow's polar factor), the reference inside
   :func:`mflow_cli.kernels.use_reference`, which is also how the fused layers fall back to nflows;
 - flow rows: mflow's 9-step RQ coupling flow vs the same flow on nflows' transforms (same weights), and
   vs ``zuko.flows.NSF`` (9 spline coupling transforms of the same width; the ``bench`` extra), the peer
@@ -189,6 +189,14 @@ def kernel_rows(
             z, p = randn(*draws, n, d), flow.init_params().to(dtype)[None] + randn(n, flow.num_params, scale=0.1)
             rows += _compare(f"planar chain (K={k})", "×".join(map(str, (*draws, n, d))),
                              lambda a, b, f=flow: f(a, b), (z, p), repeats, dev, "PyTorch ops per step")
+        from .flows.latent import PolarFactor
+
+        # an orthogonal Sylvester step's Q for a training batch: its eigendecomposition of QᵀQ (the last size:
+        # the size rule keeps LAPACK)
+        for n, d, m in [(5, 6, 3)] if quick else [(100, 40, 8), (100, 40, 20), (100, 64, 32)]:
+            rows += _compare(f"polar factor, Jacobi eigh (M={m})", f"{n}×{d}×{m}",
+                             lambda q: (PolarFactor.apply(q),), (randn(n, d, m),), repeats, dev,
+                             "torch.linalg.eigh")
     return rows
 
 

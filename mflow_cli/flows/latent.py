@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from nflows.transforms.made import MADE
 from torch import nn
 
+from .. import kernels
 from ..errors import ConfigError
 
 LatentFlowKind = Literal[
@@ -83,7 +84,8 @@ def householder_matrix(vectors: torch.Tensor) -> torch.Tensor:
 class PolarFactor(torch.autograd.Function):
     r"""U = Q (QᵀQ)^{-1/2}, the orthonormal polar factor of Q (B, d, M), M ≤ d, with its exact gradient.
 
-    Forward: the eigendecomposition QᵀQ = V Λ Vᵀ gives P = (QᵀQ)^{1/2} = V Λ^{1/2} Vᵀ and U = Q P⁻¹; the
+    Forward: the eigendecomposition QᵀQ = V Λ Vᵀ (:func:`mflow_cli.kernels.symmetric_eigh` for small M on the
+    CPU, else :func:`torch.linalg.eigh`) gives P = (QᵀQ)^{1/2} = V Λ^{1/2} Vᵀ and U = Q P⁻¹; the
     Björck–Bowie step U ← U (I + ½(I − UᵀU)), each of which squares ‖UᵀU − I‖, then mends what rounding left
     (about cond(Q)² · eps; none or one step for a well-conditioned Q, a few at cond(Q) = 1e3 in float32) until
     ‖UᵀU − I‖_max < 100 eps. This is the limit the iterative procedure of van den Berg et al. (2018, eq. 20)
@@ -109,7 +111,7 @@ class PolarFactor(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: torch.Tensor) -> torch.Tensor:
         gram = q.transpose(1, 2) @ q
-        eigenvalues, basis = torch.linalg.eigh(gram)
+        eigenvalues, basis = kernels.symmetric_eigh(gram) or torch.linalg.eigh(gram)
         floor = eigenvalues[:, -1:].clamp_min(torch.finfo(q.dtype).tiny) * torch.finfo(q.dtype).eps
         roots = eigenvalues.clamp_min(floor).sqrt()  # s, the singular values of Q
         p_inverse = (basis / roots[:, None, :]) @ basis.transpose(1, 2)
@@ -210,8 +212,6 @@ class PlanarStep(FlowStep):
         """K planar steps at once: ``params`` (B or 1, K, 2d + 1), each step's (u, w, b) as :meth:`forward` reads
         them. One native call with a compiled backward (:func:`mflow_cli.kernels.planar_chain`) instead of a dozen
         small ops per step; None where that path does not apply (the caller then runs the steps one by one)."""
-        from .. import kernels
-
         return kernels.planar_chain(z, params)
 
 

@@ -10,7 +10,9 @@
 - :func:`residual_net`, :func:`lu_linear`: nflows' ResidualNet conditioner and LU-linear layer as one autograd
   node each with a compiled backward (training steps);
 - :func:`planar_chain`: a flow-VAE posterior's K planar steps as one autograd node with a compiled backward
-  (CPU).
+  (CPU);
+- :func:`symmetric_eigh`: eigendecompositions of a batch of small symmetric matrices, 16 at a time (CPU; the
+  orthogonal Sylvester flow's polar factor).
 
 The coupling ops and log det(JᵀJ) have backward and forward-mode (jvp) rules. Without the extension, or with
 ``MFLOW_NO_EXT=1``, or inside :func:`use_reference`, the same calls run the pure-PyTorch references
@@ -37,6 +39,7 @@ from .ops import (
     rq_coupling,
     rq_coupling_step,
     rq_coupling_tangents,
+    symmetric_eigh,
     tangents_fusable,
     use_reference,
 )
@@ -45,7 +48,7 @@ __all__ = [
     "affine_coupling", "affine_coupling_tangents", "backend_info", "can_fuse", "extension_loaded", "flow_pass",
     "flow_pass_available", "flow_tangents",
     "fused_enabled", "logdet_gram", "lu_linear", "native_flow_available", "planar_chain", "residual_net", "rq_coupling",
-    "rq_coupling_step", "rq_coupling_tangents", "tangents_fusable", "use_reference",
+    "rq_coupling_step", "rq_coupling_tangents", "symmetric_eigh", "tangents_fusable", "use_reference",
 ]
 
 

@@ -171,7 +171,9 @@ def test_polar_factor_matches_the_iterated_procedure_and_its_gradient(shape, dev
 
 
 def test_polar_factor_is_orthonormal_in_float32_for_an_ill_conditioned_q():
-    """cond(Q) = 1e3: eigh of QᵀQ alone loses about cond² · eps; the Björck step after it brings UᵀU back."""
+    """cond(Q) = 1e3: eigh of QᵀQ alone loses about cond² · eps; the Björck step after it brings UᵀU back. U is
+    as close to the true polar factor as the exact (float64) decomposition of the same float32 QᵀQ gets: rounding
+    QᵀQ, not decomposing it, is what limits float32 here (about 2e-3)."""
     torch.manual_seed(4)
     left = torch.linalg.qr(torch.randn(50, 40, 20)).Q
     right = torch.linalg.qr(torch.randn(50, 20, 20)).Q
@@ -179,7 +181,9 @@ def test_polar_factor_is_orthonormal_in_float32_for_an_ill_conditioned_q():
     u = PolarFactor.apply(q)
     assert (u.transpose(1, 2) @ u - torch.eye(20)).abs().max() < 1e-4
     expected = (left @ right).double()
-    assert (u.double() - expected).abs().max() < 1e-3
+    eigenvalues, basis = torch.linalg.eigh((q.transpose(1, 2) @ q).double())
+    floor = q.double() @ (basis / eigenvalues.sqrt()[:, None, :]) @ basis.transpose(1, 2)
+    assert (u.double() - expected).abs().max() < max((floor - expected).abs().max(), 1e-3)
 
 
 def test_householder_matrix_is_the_reflection_product_with_its_gradient():

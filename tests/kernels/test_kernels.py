@@ -370,7 +370,7 @@ def test_bench_command_prints_every_row():
     assert "fused mflow_cli._C" in res.output
     lines = res.output.splitlines()
     for kernel, size in [("rq-spline coupling", "8×2"), ("affine coupling", "8×4"), ("log det(JᵀJ)", "4×5×2"),
-                         ("RQ coupling flow", "8×2"), ("planar chain (K=3)", "8×4")]:
+                         ("RQ coupling flow", "8×2"), ("planar chain (K=3)", "8×4"), ("polar factor", "5×6×3")]:
         rows = [ln for ln in lines if kernel in ln and size in ln]
         assert len(rows) == 2 and "fwd " in rows[0] and "fwd+bwd" in rows[1], rows
         cells = [c.strip() for c in rows[1].split("│") if c.strip()]
