@@ -275,7 +275,7 @@ def flushed_subnormals() -> Iterator[None]:
 
     Weights and activations drift into the subnormal range as a model trains, and x86 cores take a slow path for
     each such operand (a planar K = 40 flow-VAE's epoch grew from 14 to 24 s over 300 epochs). Flushing changes
-    results only below 1.2e-38.
+    results only below 1.2e-38. Training runs under it, and so does scoring (``mflow_cli.app.runs.scoring_settings``).
     """
     was = flushes_subnormals()
     torch.set_flush_denormal(True)

@@ -27,7 +27,7 @@ from ..jacobian import batched_jacobian, logdet_gram
 from ..metrics.glossary import metadata_block
 from ..models.base import Model
 from ..models.interfaces import ManifoldModel
-from ..training import TrainConfig, TrainingMonitor, train
+from ..training import TrainConfig, TrainingMonitor, flushed_subnormals, train
 from . import catalog
 from .allocator import return_freed_buffers
 from .recipe import Recipe, short_repr, validate, write_yaml
@@ -551,6 +551,17 @@ def encode_h5(
     return Path(out)
 
 
+@contextlib.contextmanager
+def scoring_settings() -> Iterator[None]:
+    """What a long scoring pass (a test set, thousands of draws per example) runs under: large freed buffers go
+    back to the system (:func:`~mflow_cli.app.allocator.return_freed_buffers`, from then on) and subnormal
+    floats are flushed to zero inside the block (:func:`~mflow_cli.training.flushed_subnormals`; a flow-VAE's
+    activations fall into float32's subnormal range, which x86 cores compute slowly)."""
+    return_freed_buffers()
+    with flushed_subnormals():
+        yield
+
+
 def evaluate_run(run_dir: str | Path, out: str | Path | None = None, force: bool = False) -> dict[str, Any]:
     """Run the evaluator with the recipe's ``evaluate`` options; write JSON (default ``RUN_DIR/evaluation.json``).
 
@@ -564,8 +575,8 @@ def evaluate_run(run_dir: str | Path, out: str | Path | None = None, force: bool
     with run_lock(run_dir):
         dataset = build_dataset(recipe)
         scoring = evaluation(recipe)
-        return_freed_buffers()
-        metrics = scoring.evaluate(model, dataset, scoring.options(**recipe.evaluate))
+        with scoring_settings():
+            metrics = scoring.evaluate(model, dataset, scoring.options(**recipe.evaluate))
         if run.units is not None:
             metrics = _log_likelihoods_to_original_units(run, dataset, metrics)
         report = {**metrics, "metadata": metadata_block(metrics)}

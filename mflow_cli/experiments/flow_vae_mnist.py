@@ -49,7 +49,6 @@ from rich.table import Table
 
 from mflow_cli import io
 from mflow_cli.app import catalog, runs
-from mflow_cli.app.allocator import return_freed_buffers
 from mflow_cli.app.recipe import Recipe, load_recipe
 from mflow_cli.bench import training_step
 from mflow_cli.errors import ConfigError
@@ -142,8 +141,8 @@ def evaluate_cached(recipe: Recipe, run_dir: Path, cache: Path) -> dict[str, Any
     dataset = runs.build_dataset(recipe)
     scoring = runs.evaluation(recipe)
     console.print(f"  evaluating {recipe.name} ({recipe.evaluate})")
-    return_freed_buffers()
-    metrics = scoring.evaluate(model, dataset, scoring.options(**recipe.evaluate))
+    with runs.scoring_settings():
+        metrics = scoring.evaluate(model, dataset, scoring.options(**recipe.evaluate))
     io.write_json({"options": recipe.evaluate, "model_mtime_ns": stamp, "metrics": metrics}, cache)
     return metrics
 
@@ -323,8 +322,8 @@ def per_image_bounds(recipe: Recipe, model: torch.nn.Module, run_dir: Path, cach
     options = runs.evaluation(recipe).options(**recipe.evaluate)
     console.print(f"  scoring every test image of {recipe.name} (k = {PAIRED_SAMPLES})")
     torch.manual_seed(seed)
-    return_freed_buffers()
-    _, bounds = batched_bounds(model, runs.build_dataset(recipe).test_data(), PAIRED_SAMPLES, options.batch_size)
+    with runs.scoring_settings():
+        _, bounds = batched_bounds(model, runs.build_dataset(recipe).test_data(), PAIRED_SAMPLES, options.batch_size)
     bounds = bounds.double()
     io.save_torch({"key": key, "bounds": bounds}, cache)
     return bounds

@@ -262,6 +262,34 @@ def test_jobs_train_each_recipe_in_its_own_process_then_tabulate(tmp_path, tiny_
     assert stop.value.code == 2  # validated before any worker starts
 
 
+def test_scoring_flushes_subnormals_and_restores_the_setting(tmp_path, tiny_mnist, monkeypatch):
+    """The experiment's table and paired scores and ``mflow evaluate`` compute their bounds with subnormal floats
+    flushed to zero (a trained VAE's activations reach them, and x86 computes them slowly: the plain VAE's
+    k = 200 bound took twice as long without), and leave the setting as they found it."""
+    from mflow_cli.experiments import flow_vae_mnist as experiment
+    from mflow_cli.metrics import flow_vae
+    from mflow_cli.training import flushes_subnormals
+
+    seen: list[bool] = []
+    bounds = flow_vae.importance_weighted_bounds
+
+    def recording(*args, **kwargs):
+        seen.append(flushes_subnormals())
+        return bounds(*args, **kwargs)
+
+    monkeypatch.setattr(flow_vae, "importance_weighted_bounds", recording)
+    recipes = tiny_recipes(tmp_path, ("none",))
+    overrides = [f"data.path={tiny_mnist}", "data.n_validation=20", "train.epochs=1", "train.batch_size=50",
+                 "evaluate.iw_samples=4", "evaluate.tight_iw_samples=null", "threads=1"]
+    torch.set_flush_denormal(False)
+    experiment.run_experiment(recipes, overrides, tmp_path / "runs", tmp_path / "out", force=False)
+    experiment.run_paired(recipes, overrides, tmp_path / "runs", tmp_path / "out", seed=3)
+    scored = len(seen)
+    runs.evaluate_run(tmp_path / "runs" / "tiny_none")
+    assert scored >= 2 and len(seen) > scored and set(seen) == {True}
+    assert not flushes_subnormals() and float(torch.tensor([1e-39]) * 2.0) > 0
+
+
 def test_paired_mode_scores_every_test_image_and_reports_the_paired_gain(tmp_path, tiny_mnist):
     """``--paired``: per-image k = 200 bounds of each trained run (cached while the model holds), the gain as the
     mean per-image difference from the plain VAE with std / √n of those differences, and the share scored higher."""
