@@ -71,8 +71,8 @@ def test_jacobi_handles_repeated_zero_and_diagonal_spectra():
 
 @needs_ext
 def test_the_size_rule_and_leading_dimensions():
-    """Leading dims are kept; above ``SYMMETRIC_EIGH_MAX_SIZE``, off the fused path or with an integer tensor the
-    caller gets None and runs torch.linalg.eigh."""
+    """Leading dims are kept; above ``SYMMETRIC_EIGH_MAX_SIZE``, off the fused path, with an integer tensor or
+    non-square matrices the caller gets None and runs torch.linalg.eigh."""
     a = _symmetric(12, 5, torch.float64).view(3, 4, 5, 5)
     values, vectors = kernels.symmetric_eigh(a)
     assert values.shape == (3, 4, 5) and vectors.shape == (3, 4, 5, 5)
@@ -83,6 +83,7 @@ def test_the_size_rule_and_leading_dimensions():
     with kernels.use_reference():
         assert kernels.symmetric_eigh(a) is None
     assert kernels.symmetric_eigh(torch.ones(2, 3, 3, dtype=torch.int64)) is None
+    assert kernels.symmetric_eigh(torch.ones(3, 6, 3, dtype=torch.float64)) is None  # not square
 
 
 @needs_ext
