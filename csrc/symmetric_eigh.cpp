@@ -5,15 +5,16 @@
 // overhead and scalar code cost 10–60 µs a matrix. Here L matrices share every instruction: element (i, j) of
 // the L matrices lies in L consecutive slots, so each loop over the lanes is one vector operation.
 //
-// One rotation zeroes a_pq (Golub & Van Loan, Matrix Computations, 4th ed., alg. 8.5.1 and 8.5.2; the
-// rotation of Rutishauser's "jacobi" for the diagonal update):
+// One rotation zeroes a_pq (Golub & Van Loan, Matrix Computations, 4th ed., 2013, algs. 8.5.1 and 8.5.3, the
+// 2 × 2 symmetric Schur decomposition and cyclic-by-row Jacobi):
 //   θ = (a_qq − a_pp) / (2 a_pq),  t = sign(θ) / (|θ| + √(θ² + 1)),  c = 1 / √(t² + 1),  s = t c,
 //   a_pp ← a_pp − t a_pq,  a_qq ← a_qq + t a_pq,  a_pq ← 0,
 //   a_rp ← c a_rp − s a_rq,  a_rq ← s a_rp + c a_rq  (r ≠ p, q; and symmetrically a_pr, a_qr),
 //   V ← V J(p, q, θ) (the same update on V's columns p and q).
 // A pair is skipped (its a_pq set to 0) once |a_pq| ≤ eps · max(√|a_pp a_qq|, eps² ‖A‖_F): for a positive
-// semi-definite matrix this is Demmel & Veselić's stopping rule, under which Jacobi finds even the small
-// eigenvalues to high relative accuracy. A lane's sweeps end when a sweep finds no pair to rotate.
+// semi-definite matrix this is the stopping rule of Demmel & Veselić ("Jacobi's method is more accurate than
+// QR", 1992), under which Jacobi finds even the small eigenvalues to high relative accuracy. A lane's sweeps end
+// when a sweep finds no pair to rotate.
 //
 // Shapes: a (B, n, n), symmetric (only its values are read; no symmetry check). Returns the eigenvalues (B, n) in
 // ascending order and the eigenvectors (B, n, n) as columns, as torch.linalg.eigh does.
