@@ -100,10 +100,12 @@ class StopAt(TrainingMonitor):
 
 def restore_default_signals() -> None:
     """For ``preexec_fn``: a child started from a background job inherits SIGINT ignored (as bash does for
-    asynchronous commands); give it the default so it can be interrupted as from a terminal."""
+    asynchronous commands), and one started under ``nohup`` SIGHUP ignored (a CI script run that way); give it
+    the defaults so it can be interrupted as from a terminal."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def write_idx(path, arr: np.ndarray, gz: bool = True) -> None:
