@@ -23,7 +23,7 @@ from setuptools import find_packages, setup
 
 SOURCES_CPU = ["csrc/bindings.cpp", "csrc/cpu_ops.cpp", "csrc/cpu_vec.cpp", "csrc/flow_tangents.cpp",
                "csrc/residual_net.cpp", "csrc/lu_linear.cpp", "csrc/flow_pass.cpp",
-               "csrc/planar_chain.cpp", "csrc/symmetric_eigh.cpp"]
+               "csrc/planar_chain.cpp", "csrc/symmetric_eigh.cpp", "csrc/polar_factor.cpp"]
 SOURCES_CUDA = ["csrc/cuda_ops.cu"]
 
 

@@ -235,6 +235,32 @@ std::vector<at::Tensor> py_symmetric_eigh(const at::Tensor& a) {
   return symmetric_eigh_cpu(a);
 }
 
+void check_polar_operand(const at::Tensor& t, const at::Tensor& like, at::IntArrayRef shape, const char* what) {
+  TORCH_CHECK(t.sizes() == shape && !t.is_cuda() && t.is_contiguous() && t.scalar_type() == like.scalar_type(),
+              "polar_factor: ", what, " must be a contiguous CPU tensor of shape ", shape, " and dtype ",
+              like.scalar_type());
+}
+
+std::vector<at::Tensor> py_polar_factor_forward(const at::Tensor& q) {
+  TORCH_CHECK(q.dim() == 3 && q.size(2) > 0 && q.size(1) >= q.size(2), "polar_factor: q (B, d, M) with M <= d");
+  TORCH_CHECK(!q.is_cuda() && q.is_contiguous() && (q.scalar_type() == at::kFloat || q.scalar_type() == at::kDouble),
+              "polar_factor: q a contiguous float32/float64 CPU tensor");
+  return polar_factor_forward_cpu(q);
+}
+
+at::Tensor py_polar_factor_backward(const at::Tensor& grad_u, const at::Tensor& u, const at::Tensor& basis,
+                                    const at::Tensor& roots, const at::Tensor& p_inverse) {
+  TORCH_CHECK(u.dim() == 3 && u.size(2) > 0 && u.size(1) >= u.size(2), "polar_factor: u (B, d, M) with M <= d");
+  TORCH_CHECK(u.scalar_type() == at::kFloat || u.scalar_type() == at::kDouble, "polar_factor: float32/float64");
+  const int64_t b = u.size(0), m = u.size(2);
+  check_polar_operand(u, u, u.sizes(), "u");
+  check_polar_operand(grad_u, u, u.sizes(), "the gradient of u");
+  check_polar_operand(basis, u, {b, m, m}, "the eigenvectors");
+  check_polar_operand(roots, u, {b, m}, "the roots");
+  check_polar_operand(p_inverse, u, {b, m, m}, "P^-1");
+  return polar_factor_backward_cpu(grad_u, u, basis, roots, p_inverse);
+}
+
 }  // namespace
 }  // namespace mflow
 
@@ -263,4 +289,6 @@ PYBIND11_MODULE(_C, m) {
   m.def("planar_chain_forward", &mflow::py_planar_chain_forward);
   m.def("planar_chain_backward", &mflow::py_planar_chain_backward);
   m.def("symmetric_eigh", &mflow::py_symmetric_eigh);
+  m.def("polar_factor_forward", &mflow::py_polar_factor_forward);
+  m.def("polar_factor_backward", &mflow::py_polar_factor_backward);
 }

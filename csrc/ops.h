@@ -94,6 +94,11 @@ std::vector<at::Tensor> planar_chain_backward_cpu(const at::Tensor& g_out, const
 // The eigenvalues (ascending) and eigenvectors of a batch of small symmetric matrices (B, n, n), by the cyclic
 // Jacobi method over 16 matrices at a time (symmetric_eigh.cpp; CPU only).
 std::vector<at::Tensor> symmetric_eigh_cpu(const at::Tensor& a);
+// The orthonormal polar factor U = Q (QᵀQ)^{-1/2} of a batch (B, d, M) and its gradient (polar_factor.cpp; CPU
+// only): the forward returns U, the eigenvectors V and roots s of QᵀQ, and P⁻¹ = (QᵀQ)^{-1/2}.
+std::vector<at::Tensor> polar_factor_forward_cpu(const at::Tensor& q);
+at::Tensor polar_factor_backward_cpu(const at::Tensor& grad_u, const at::Tensor& u, const at::Tensor& basis,
+                                     const at::Tensor& roots, const at::Tensor& p_inverse);
 #ifdef MFLOW_WITH_CUDA
 MFLOW_DECLARE_OPS(cuda)
 #endif

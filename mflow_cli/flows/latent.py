@@ -100,6 +100,10 @@ class PolarFactor(torch.autograd.Function):
     and in the eigenbasis of P that Sylvester equation is the entrywise division Ŷ_ij = (VᵀUᵀGV)_ij / (s_i + s_j),
     s = Λ^{1/2} > 0: no division by eigenvalue gaps, so repeated singular values are harmless.
 
+    On the CPU with M ≤ :data:`mflow_cli.kernels.ops.SYMMETRIC_EIGH_MAX_SIZE`, forward and backward each run as
+    one native call (:func:`mflow_cli.kernels.polar_factor`), the same steps per matrix, each matrix refined
+    until it alone meets the tolerance; elsewhere, the PyTorch ops below.
+
     References:
         | Functions of Matrices: Theory and Computation (Higham, 2008), ch. 8 (the polar decomposition)
         | Sylvester Normalizing Flows for Variational Inference (van den Berg et al., 2018)
@@ -110,6 +114,10 @@ class PolarFactor(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q: torch.Tensor) -> torch.Tensor:
+        native = kernels.polar_factor(q)
+        if native is not None:  # the same steps in one call (csrc/polar_factor.cpp)
+            ctx.save_for_backward(*native)
+            return native[0]
         gram = q.transpose(1, 2) @ q
         eigenvalues, basis = kernels.symmetric_eigh(gram) or torch.linalg.eigh(gram)
         floor = eigenvalues[:, -1:].clamp_min(torch.finfo(q.dtype).tiny) * torch.finfo(q.dtype).eps
@@ -129,6 +137,9 @@ class PolarFactor(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_u: torch.Tensor) -> torch.Tensor:
         u, basis, roots, p_inverse = ctx.saved_tensors
+        native = kernels.polar_factor_backward(grad_u, u, basis, roots, p_inverse)
+        if native is not None:
+            return native
         ut_g = u.transpose(1, 2) @ grad_u
         y_hat = basis.transpose(1, 2) @ ut_g @ basis / (roots[:, :, None] + roots[:, None, :])
         y = basis @ y_hat @ basis.transpose(1, 2)

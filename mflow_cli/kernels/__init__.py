@@ -11,8 +11,9 @@
   node each with a compiled backward (training steps);
 - :func:`planar_chain`: a flow-VAE posterior's K planar steps as one autograd node with a compiled backward
   (CPU);
-- :func:`symmetric_eigh`: eigendecompositions of a batch of small symmetric matrices, 16 at a time (CPU; the
-  orthogonal Sylvester flow's polar factor).
+- :func:`symmetric_eigh`: eigendecompositions of a batch of small symmetric matrices, 16 at a time (CPU);
+- :func:`polar_factor`, :func:`polar_factor_backward`: the orthogonal Sylvester flow's polar factor
+  U = Q (QᵀQ)^{-1/2} and its gradient, one native call each, on that eigendecomposition (CPU).
 
 The coupling ops and log det(JᵀJ) have backward and forward-mode (jvp) rules. Without the extension, or with
 ``MFLOW_NO_EXT=1``, or inside :func:`use_reference`, the same calls run the pure-PyTorch references
@@ -35,6 +36,8 @@ from .ops import (
     lu_linear,
     native_flow_available,
     planar_chain,
+    polar_factor,
+    polar_factor_backward,
     residual_net,
     rq_coupling,
     rq_coupling_step,
@@ -47,7 +50,8 @@ from .ops import (
 __all__ = [
     "affine_coupling", "affine_coupling_tangents", "backend_info", "can_fuse", "extension_loaded", "flow_pass",
     "flow_pass_available", "flow_tangents",
-    "fused_enabled", "logdet_gram", "lu_linear", "native_flow_available", "planar_chain", "residual_net", "rq_coupling",
+    "fused_enabled", "logdet_gram", "lu_linear", "native_flow_available", "planar_chain", "polar_factor",
+    "polar_factor_backward", "residual_net", "rq_coupling",
     "rq_coupling_step", "rq_coupling_tangents", "symmetric_eigh", "tangents_fusable", "use_reference",
 ]
 

@@ -16,7 +16,7 @@ load_error: str | None = None
 OPS = ("rq_forward", "rq_backward", "rq_jvp", "affine_forward", "affine_backward", "affine_jvp", "logdet_gram_forward",
        "logdet_gram_backward", "flow_tangents", "residual_net_forward", "residual_net_backward", "lu_linear_forward",
        "lu_linear_backward", "flow_pass_forward", "flow_pass_backward", "planar_chain_forward", "planar_chain_backward",
-       "symmetric_eigh")
+       "symmetric_eigh", "polar_factor_forward", "polar_factor_backward")
 
 
 def missing_ops(module: ModuleType) -> list[str]:

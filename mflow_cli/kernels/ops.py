@@ -330,6 +330,33 @@ def symmetric_eigh(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     return values.view(a.shape[:-1]), vectors.view(a.shape)
 
 
+def polar_factor(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """The orthonormal polar factor U = Q (QᵀQ)^{-1/2} of ``q`` (B, d, M), M ≤ d, in one native call
+    (``csrc/polar_factor.cpp``), with what :func:`polar_factor_backward` reads: (U, the eigenvectors V and the
+    roots s of QᵀQ's eigenvalues, P⁻¹ = V diag(1/s) Vᵀ), as :class:`mflow_cli.flows.latent.PolarFactor` computes
+    them; no autograd. None where that path does not apply (no extension, not the CPU, M above
+    :data:`SYMMETRIC_EIGH_MAX_SIZE`, a functorch transform active): the caller runs the PyTorch ops."""
+    if (q.dim() != 3 or not 0 < q.shape[-1] <= min(q.shape[-2], SYMMETRIC_EIGH_MAX_SIZE)
+            or q.device.type != "cpu" or not can_fuse(q)):
+        return None
+    u, basis, roots, p_inverse = ext.polar_factor_forward(q.detach().contiguous())
+    return u, basis, roots, p_inverse
+
+
+def polar_factor_backward(
+    grad_u: torch.Tensor, u: torch.Tensor, basis: torch.Tensor, roots: torch.Tensor, p_inverse: torch.Tensor
+) -> torch.Tensor | None:
+    """∂L/∂Q = (G − U UᵀG) P⁻¹ + U (Y − Yᵀ), Ŷ = VᵀUᵀGV ⊘ (s_i + s_j), Y = V Ŷ Vᵀ, for the output gradient
+    ``grad_u`` = G of :func:`polar_factor`, in one native call; not differentiable. None where that path does not
+    apply (as for :func:`polar_factor`, and while autograd records a double backward): the caller runs the
+    PyTorch ops."""
+    if (u.device.type != "cpu" or u.shape[-1] > SYMMETRIC_EIGH_MAX_SIZE or torch.is_grad_enabled()
+            or not can_fuse(grad_u, u, basis, roots, p_inverse)):
+        return None
+    return ext.polar_factor_backward(grad_u.contiguous(), u.contiguous(), basis.contiguous(), roots.contiguous(),
+                                     p_inverse.contiguous())
+
+
 def native_flow_available(x: torch.Tensor) -> bool:
     """Whether :func:`flow_tangents` can run a whole coupling-stack pass for ``x`` now (CPU, no grad)."""
     return x.device.type == "cpu" and tangents_fusable(x)
